@@ -1,0 +1,1 @@
+"""Paper settings as ml_collections configs, importable as `jaxdistill.configs.NAME`."""

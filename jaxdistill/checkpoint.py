@@ -1,0 +1,92 @@
+"""Orbax checkpoints: the student's DistillState and the data iterator, never the teacher.
+
+A run directory holds `config.json` (the run's full config) and `checkpoints/` (an orbax
+CheckpointManager). Orbax only lists finalized steps, so an interrupted save never shadows the
+last good checkpoint, and the loop saves only after it has checked that the loss is finite.
+"""
+
+from __future__ import annotations
+
+import os
+
+import grain
+import jax
+import ml_collections
+import orbax.checkpoint as ocp
+from etils import epath
+
+from jaxdistill import config as config_lib
+from jaxdistill.errors import DistillError
+
+
+def _restore_args(abstract_tree):
+    return ocp.checkpoint_utils.construct_restore_args(abstract_tree)
+
+
+class Checkpointer:
+    """Saves and restores `state` + `data` items under WORKDIR/checkpoints."""
+
+    def __init__(self, workdir: str, checkpoint_config: ml_collections.ConfigDict):
+        self.manager = ocp.CheckpointManager(
+            epath.Path(workdir).absolute() / "checkpoints",
+            options=ocp.CheckpointManagerOptions(
+                max_to_keep=checkpoint_config.keep,
+                enable_async_checkpointing=checkpoint_config.async_save,
+                create=True,
+            ),
+        )
+
+    def latest_step(self) -> int | None:
+        return self.manager.latest_step()
+
+    def save(self, step: int, state, data_iterator: grain.DatasetIterator) -> None:
+        self.manager.save(step, force=True, args=ocp.args.Composite(
+            state=ocp.args.PyTreeSave(state),
+            data=grain.checkpoint.CheckpointSave(data_iterator)))
+
+    def restore(self, step: int, abstract_state, data_iterator: grain.DatasetIterator):
+        """Restores into `abstract_state`'s shardings (which may differ from the saving run's)."""
+        restored = self.manager.restore(step, args=ocp.args.Composite(
+            state=ocp.args.PyTreeRestore(item=abstract_state,
+                                         restore_args=_restore_args(abstract_state)),
+            data=grain.checkpoint.CheckpointRestore(data_iterator)))
+        return restored.state
+
+    def wait(self) -> None:
+        self.manager.wait_until_finished()
+
+    def close(self) -> None:
+        self.manager.close()
+
+
+def write_config(workdir: str, config: ml_collections.ConfigDict) -> None:
+    if jax.process_index() == 0:
+        os.makedirs(workdir, exist_ok=True)
+        with open(os.path.join(workdir, "config.json"), "w") as f:
+            f.write(config_lib.to_json(config))
+
+
+def read_config(run_dir: str) -> ml_collections.ConfigDict:
+    path = os.path.join(run_dir, "config.json")
+    if not os.path.exists(path):
+        raise DistillError(
+            f"no run found at {run_dir} ({path} is missing); point config.teacher.checkpoint at a"
+            " workdir written by `jaxdistill train`, or leave it empty to train the teacher first")
+    with open(path) as f:
+        return config_lib.from_json(f.read())
+
+
+def load_params(run_dir: str, abstract_params):
+    """The student parameters of the newest checkpoint of the run in `run_dir`, placed by the
+    shardings of `abstract_params` (only the params are read, not the optimizer state)."""
+    manager = ocp.CheckpointManager(epath.Path(run_dir).absolute() / "checkpoints")
+    step = manager.latest_step()
+    if step is None:
+        raise DistillError(
+            f"the run at {run_dir} has no finished checkpoint; train it to the end first"
+            f" (`jaxdistill train --workdir {run_dir} ...`)")
+    target = {"params": abstract_params}
+    restored = manager.restore(step, args=ocp.args.Composite(state=ocp.args.PyTreeRestore(
+        item=target, restore_args=_restore_args(target), partial_restore=True)))
+    manager.close()
+    return restored.state["params"]

@@ -1,0 +1,102 @@
+"""The `jaxdistill` command.
+
+    jaxdistill train --config configs/NAME.py[:ARG] --workdir DIR [--config.a.b=VALUE ...]
+    jaxdistill reproduce NAME --scale {smoke,local,paper} --out DIR [--seeds N]
+    jaxdistill reproduce --list
+
+A `DistillError` (bad input, a diverged run) ends the command with one line on stderr and exit
+status 2; anything else is a bug and keeps its traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from absl import flags
+from ml_collections import config_flags
+
+from jaxdistill import config as config_lib
+from jaxdistill.errors import DistillError
+
+
+def _train_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="jaxdistill train",
+        description="Train or resume a run. Override any config key with --config.KEY=VALUE.")
+    parser.add_argument("--config", required=True, help="configs/NAME.py[:smoke|local|paper]")
+    parser.add_argument("--workdir", required=True, help="run directory; resumed when it exists")
+    parser.add_argument("--stop_after_steps", type=int, default=None,
+                        help="checkpoint and stop after this many steps of this invocation")
+    parser.add_argument("--coordinator_address", default=None, help="HOST:PORT of process 0")
+    parser.add_argument("--num_processes", type=int, default=None)
+    parser.add_argument("--process_id", type=int, default=None)
+    parser.add_argument("--no_progress", action="store_true", help="hide the progress bar")
+    return parser
+
+
+def _parse_config(spec: str, overrides: list[str]):
+    """Loads the config with ml_collections' own flag parser, after checking every key exists."""
+    config = config_lib.load(spec)  # fails clearly on a bad path or variant
+    for override in overrides:
+        if not override.startswith("--config."):
+            raise DistillError(f"unrecognised argument {override}; see `jaxdistill train --help`")
+        config_lib.check_key(config, override[len("--config."):].split("=", 1)[0])
+    flag_values = flags.FlagValues()
+    config_flag = config_flags.DEFINE_config_file("config", flag_values=flag_values)
+    try:
+        flag_values(["jaxdistill", f"--config={spec}", *overrides])
+    except flags.Error as e:
+        raise DistillError(f"bad config override: {e}") from None
+    return config_flag.value
+
+
+def _train(argv: list[str]) -> None:
+    args, overrides = _train_parser().parse_known_args(argv)
+    config = _parse_config(args.config, overrides)
+    if args.coordinator_address or args.num_processes:
+        import jax
+
+        jax.distributed.initialize(args.coordinator_address, args.num_processes, args.process_id)
+    from jaxdistill import train
+
+    train.train_and_evaluate(config, args.workdir, stop_after_steps=args.stop_after_steps,
+                             progress=not args.no_progress)
+
+
+def _reproduce(argv: list[str]) -> None:
+    from jaxdistill import reproduce
+
+    parser = argparse.ArgumentParser(prog="jaxdistill reproduce",
+                                     description="Run every row of a paper's table.")
+    parser.add_argument("name", nargs="?", help="one of `jaxdistill reproduce --list`")
+    parser.add_argument("--list", action="store_true", help="list the reproducible tables")
+    parser.add_argument("--scale", choices=config_lib.SCALES, default="local")
+    parser.add_argument("--out", default="results", help="writes OUT/NAME_SCALE.{md,json}")
+    parser.add_argument("--workdir", default=None, help="run directories (default runs/NAME_SCALE)")
+    parser.add_argument("--seeds", type=int, default=None, help="number of seeds (default per table)")
+    args = parser.parse_args(argv)
+    if args.list or not args.name:
+        for name, experiment in reproduce.EXPERIMENTS.items():
+            print(f"{name:<16} {experiment.description}")
+        return
+    reproduce.run(args.name, scale=args.scale, out=args.out, workdir=args.workdir, seeds=args.seeds)
+
+
+COMMANDS = {"train": _train, "reproduce": _reproduce}
+
+
+def main(argv: list[str] | None = None) -> None:
+    argv = sys.argv[1:] if argv is None else argv
+    if not argv or argv[0] not in COMMANDS:
+        print(__doc__.strip(), file=sys.stderr)
+        sys.exit(0 if argv and argv[0] in ("-h", "--help") else 2)
+    try:
+        COMMANDS[argv[0]](argv[1:])
+    except DistillError as e:
+        print(f"jaxdistill: error: {e}", file=sys.stderr)
+        sys.exit(2)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,100 @@
+"""Loading configs: `configs/NAME.py[:ARG]` files or `NAME[:ARG]` modules of `jaxdistill.configs`.
+
+Every config starts from `base()`, so each key below exists in every run and an override of an
+unknown key fails with the list of valid ones.
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.util
+import json
+import os
+import ml_collections
+
+from jaxdistill.errors import DistillError
+
+SCALES = ("smoke", "local", "paper")
+
+
+def base() -> ml_collections.ConfigDict:
+    """Defaults shared by every config; paper configs override what their setting needs."""
+    c = ml_collections.ConfigDict()
+    c.method = "supervised"
+    c.seed = 0
+    c.total_steps = 1000
+    c.batch_size = 128
+    c.log_every = 50
+    c.eval_every = 500
+    c.eval_batch_size = 512
+    c.eval_splits = ("validation", "test")
+    c.ema_decay = 0.0
+    c.data = ml_collections.ConfigDict(
+        {"name": "sklearn_digits", "data_dir": "", "train_split": "train", "cache": True})
+    c.student = ml_collections.ConfigDict({"model": "mlp", "num_classes": 10})
+    c.teacher = ml_collections.ConfigDict({"checkpoint": "", "config": ""})
+    c.loss = ml_collections.ConfigDict({"temperature": 1.0, "alpha": 0.5, "label_smoothing": 0.0})
+    c.optimizer = ml_collections.ConfigDict({
+        "name": "adamw", "lr": 1e-3, "schedule": "cosine", "warmup_steps": 0, "b1": 0.9,
+        "b2": 0.999, "weight_decay": 0.0, "momentum": 0.9, "nesterov": False,
+        "grad_clip_norm": 0.0})
+    c.mesh = ml_collections.ConfigDict({"data": -1, "fsdp": 1, "tensor": 1})
+    # Logical parameter axis -> mesh axes. The teacher is inference-only, so it may use another
+    # layout (e.g. fully sharded) than the student.
+    classifier_rules = (("embed", "fsdp"), ("mlp", "tensor"), ("mlp_in", "fsdp"),
+                        ("classes", None), ("conv_in", "fsdp"), ("conv_out", "tensor"))
+    c.sharding = ml_collections.ConfigDict(
+        {"student": classifier_rules, "teacher": classifier_rules})
+    c.checkpoint = ml_collections.ConfigDict({"every_steps": 500, "keep": 3, "async_save": True})
+    return c
+
+
+def load(spec: str) -> ml_collections.ConfigDict:
+    """`path/to/NAME.py[:ARG]` or `NAME[:ARG]` (a module in jaxdistill.configs) -> ConfigDict."""
+    name, _, arg = spec.partition(":")
+    if name.endswith(".py"):
+        if not os.path.exists(name):
+            raise DistillError(f"config file {name} does not exist")
+        module_spec = importlib.util.spec_from_file_location(
+            os.path.basename(name)[:-3], name)
+        module = importlib.util.module_from_spec(module_spec)
+        module_spec.loader.exec_module(module)
+    else:
+        try:
+            module = importlib.import_module(f"jaxdistill.configs.{name}")
+        except ModuleNotFoundError:
+            raise DistillError(f"unknown config {name!r}; available: {', '.join(available())}") from None
+    return module.get_config(arg or None)
+
+
+def available() -> list[str]:
+    import jaxdistill.configs as configs
+
+    directory = os.path.dirname(configs.__file__)
+    return sorted(f[:-3] for f in os.listdir(directory)
+                  if f.endswith(".py") and not f.startswith("_") and f != "common.py")
+
+
+def scale_of(arg: str | None) -> str:
+    scale = arg or "local"
+    if scale not in SCALES:
+        raise DistillError(f"unknown config variant {scale!r}; choose one of {', '.join(SCALES)}")
+    return scale
+
+
+def check_key(config: ml_collections.ConfigDict, dotted: str) -> None:
+    """Fails with the valid keys when `config.<dotted>` does not exist."""
+    node, seen = config, "config"
+    for key in dotted.split("."):
+        if not isinstance(node, ml_collections.ConfigDict) or key not in node:
+            valid = ", ".join(sorted(node)) if isinstance(node, ml_collections.ConfigDict) else "none"
+            raise DistillError(f"unknown config key config.{dotted}; valid keys of {seen}: {valid}")
+        node, seen = node[key], f"{seen}.{key}"
+
+
+def to_json(config: ml_collections.ConfigDict) -> str:
+    return json.dumps(config.to_dict(), indent=2, sort_keys=True, default=list)
+
+
+def from_json(text: str) -> ml_collections.ConfigDict:
+    return ml_collections.ConfigDict(json.loads(text))

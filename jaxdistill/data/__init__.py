@@ -1,0 +1,152 @@
+"""Input pipelines: TFDS array_record sources read through grain.
+
+Training batches come from a checkpointable grain iterator over global batch indices: a seeded
+permutation per epoch, of which each process reads only its own rows of every global batch. Evaluation reads a whole split in fixed-size batches, the last one padded and
+masked, so one compiled eval step serves every batch.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import sys
+from typing import Iterator
+
+import grain
+import jax
+import ml_collections
+import numpy as np
+import tensorflow_datasets as tfds
+
+from jaxdistill.data import sklearn_digits  # noqa: F401  (registers the TFDS builder)
+from jaxdistill.errors import DistillError
+
+tfds.display_progress_bar(False)
+
+
+@dataclasses.dataclass(frozen=True)
+class DatasetSpec:
+    """What the models must agree with, read from the TFDS metadata before anything compiles."""
+
+    num_classes: int
+    image_shape: tuple[int, ...]
+    split_sizes: dict[str, int]
+
+
+def _builder(data_config: ml_collections.ConfigDict) -> tfds.core.DatasetBuilder:
+    try:
+        return tfds.builder(data_config.name, data_dir=data_config.data_dir or None)
+    except tfds.core.registered.DatasetNotFoundError:
+        raise DistillError(
+            f"unknown dataset {data_config.name!r}; use 'sklearn_digits' offline or a TFDS name"
+            " such as 'mnist'") from None
+
+
+def spec(data_config: ml_collections.ConfigDict) -> DatasetSpec:
+    info = _builder(data_config).info
+    return DatasetSpec(
+        num_classes=info.features["label"].num_classes,
+        image_shape=tuple(info.features["image"].shape),
+        split_sizes={name: split.num_examples for name, split in info.splits.items()},
+    )
+
+
+def source(data_config: ml_collections.ConfigDict, split: str):
+    """A random-access array_record source for `split`, preparing the dataset if needed."""
+    builder = _builder(data_config)
+    if data_config.name == "sklearn_digits":
+        builder.download_and_prepare(file_format="array_record")
+    try:
+        return tfds.data_source(
+            data_config.name, split=split, data_dir=data_config.data_dir or None,
+            download=data_config.name == "sklearn_digits")
+    except (AssertionError, FileNotFoundError) as e:
+        raise DistillError(
+            f"dataset {data_config.name!r} split {split!r} is not prepared under"
+            f" {builder.data_dir}: prepare it with `tfds build {data_config.name}"
+            f" --file_format=array_record` or set config.data.data_dir ({e})") from None
+
+
+def _preprocess(batch: dict) -> dict:
+    return {"image": np.asarray(batch["image"], np.float32) / 255.0,
+            "label": np.asarray(batch["label"], np.int32)}
+
+
+def _stack(examples: list[dict]) -> dict:
+    return {key: np.stack([e[key] for e in examples]) for key in examples[0]}
+
+
+def reader(data_config: ml_collections.ConfigDict, split: str):
+    """(number of examples, read) where `read(indices)` returns the preprocessed batch.
+
+    With `data.cache` the split is decoded once into memory (as tf.data's `cache()` would) and
+    batches are gathered by one vectorised index; otherwise each batch is read and decoded from
+    the array_record files.
+    """
+    records = source(data_config, split)
+    if data_config.cache:
+        arrays = _preprocess(_stack(records.__getitems__(range(len(records)))))
+        return len(records), lambda indices: {k: v[np.asarray(indices)] for k, v in arrays.items()}
+    return len(records), lambda indices: _preprocess(_stack(records.__getitems__(list(indices))))
+
+
+def _local_batch_size(global_batch_size: int) -> int:
+    if global_batch_size % jax.process_count():
+        raise DistillError(f"batch size {global_batch_size} must be divisible by the"
+                           f" {jax.process_count()} processes")
+    return global_batch_size // jax.process_count()
+
+
+class EpochShuffle:
+    """Maps positions of an endless stream to example indices: one seeded permutation per epoch.
+
+    Vectorised over a batch of positions, so shuffling costs nothing per example.
+    """
+
+    def __init__(self, num_examples: int, seed: int):
+        self.num_examples, self.seed = num_examples, seed
+
+    @functools.lru_cache(maxsize=2)
+    def permutation(self, epoch: int) -> np.ndarray:
+        return np.random.default_rng((self.seed, epoch)).permutation(self.num_examples)
+
+    def __call__(self, positions: np.ndarray) -> np.ndarray:
+        epochs, offsets = np.divmod(positions, self.num_examples)
+        indices = np.empty_like(positions)
+        for epoch in np.unique(epochs):
+            selected = epochs == epoch
+            indices[selected] = self.permutation(int(epoch))[offsets[selected]]
+        return indices
+
+
+def train_iterator(
+    data_config: ml_collections.ConfigDict, global_batch_size: int, seed: int
+) -> grain.DatasetIterator:
+    """This process's rows of an endless, seeded, checkpointable stream of global batches.
+
+    Global batch k is positions [k·B, (k+1)·B) of the shuffled stream whatever the process count;
+    process p reads only rows [p·L, (p+1)·L) of it (L = B / processes), so layouts with different
+    process counts see the same examples in the same row order. The iterator's state (the next
+    batch index) goes into every checkpoint.
+    """
+    local = _local_batch_size(global_batch_size)
+    rows = jax.process_index() * local + np.arange(local)
+    num_examples, read = reader(data_config, data_config.train_split)
+    shuffle = EpochShuffle(num_examples, seed)
+    batches = grain.MapDataset.range(sys.maxsize // global_batch_size).map(
+        lambda k: read(shuffle(k * global_batch_size + rows)))
+    return batches.to_iter_dataset().__iter__()
+
+
+def eval_batches(
+    data_config: ml_collections.ConfigDict, split: str, global_batch_size: int
+) -> Iterator[dict]:
+    """The whole split (this process's rows of it) in batches padded to one size, with a `mask`."""
+    local = _local_batch_size(global_batch_size)
+    offset = jax.process_index() * local
+    num_examples, read = reader(data_config, split)
+    for start in range(0, num_examples, global_batch_size):
+        rows = np.arange(start + offset, start + offset + local)
+        mask = rows < num_examples
+        batch = read(np.where(mask, rows, 0))  # padding rows repeat example 0, masked out
+        yield {**batch, "mask": mask}

@@ -1,0 +1,135 @@
+"""Masked, float32 distances between distributions, shared by training and evaluation.
+
+P is the teacher's distribution and Q the student's, both `softmax(logits / temperature)`.
+The τ² gradient factor of Hinton KD belongs to the method, not here.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+from jaxtyping import Array, Float, Int
+
+from jaxdistill.errors import DistillError
+
+DIVERGENCES = ("fkl", "rkl", "jsd", "tvd", "skl", "srkl")
+
+
+def _kl(log_a: Array, log_b: Array) -> Array:
+    """Σ a (log a − log b) over the last axis; entries with a = 0 contribute exactly 0."""
+    a = jnp.exp(log_a)
+    # Where a == 0, log_a may be -inf; select before multiplying so neither value nor gradient
+    # ever sees 0 · inf.
+    safe_diff = jnp.where(a > 0, log_a - log_b, 0.0)
+    return jnp.sum(a * safe_diff, axis=-1)
+
+
+def _log_mix(weight: float, log_a: Array, log_b: Array) -> Array:
+    """log(w·a + (1 − w)·b), computed in log space."""
+    return jnp.logaddexp(jnp.log(weight) + log_a, jnp.log1p(-weight) + log_b)
+
+
+def _check_args(student_logits, teacher_logits, kind, temperature, beta, alpha, mask):
+    if kind not in DIVERGENCES:
+        raise DistillError(f"unknown divergence {kind!r}; choose one of {', '.join(DIVERGENCES)}")
+    if student_logits.shape != teacher_logits.shape:
+        raise DistillError(
+            f"student logits {student_logits.shape} and teacher logits {teacher_logits.shape} differ"
+            " in shape; pad or slice one vocabulary so both heads have the same size")
+    if mask is not None and mask.shape != student_logits.shape[:-1]:
+        raise DistillError(
+            f"mask shape {mask.shape} must equal the logits' leading shape {student_logits.shape[:-1]}")
+    if not temperature > 0:
+        raise DistillError(f"temperature must be > 0, got {temperature}")
+    if kind == "jsd" and not 0.0 < beta < 1.0:
+        raise DistillError(
+            f"jsd needs beta strictly inside (0, 1), got {beta}: at the ends it is identically zero;"
+            " use kind='fkl' or kind='rkl' instead")
+    if kind in ("skl", "srkl") and not 0.0 <= alpha < 1.0:
+        raise DistillError(f"{kind} needs alpha in [0, 1), got {alpha}")
+
+
+def pointwise_divergence(
+    student_logits: Float[Array, "*batch vocab"],
+    teacher_logits: Float[Array, "*batch vocab"],
+    kind: str,
+    *,
+    temperature: float = 1.0,
+    beta: float = 0.5,
+    alpha: float = 0.1,
+) -> Float[Array, "*batch"]:
+    """The divergence at every position, unreduced, in float32."""
+    log_q = jax.nn.log_softmax(student_logits.astype(jnp.float32) / temperature, axis=-1)
+    log_p = jax.nn.log_softmax(teacher_logits.astype(jnp.float32) / temperature, axis=-1)
+    if kind == "fkl":
+        return _kl(log_p, log_q)
+    if kind == "rkl":
+        return _kl(log_q, log_p)
+    if kind == "jsd":
+        log_m = _log_mix(beta, log_p, log_q)
+        return beta * _kl(log_p, log_m) + (1.0 - beta) * _kl(log_q, log_m)
+    if kind == "tvd":
+        return 0.5 * jnp.sum(jnp.abs(jnp.exp(log_p) - jnp.exp(log_q)), axis=-1)
+    if kind == "skl":
+        return _kl(log_p, _log_mix(alpha, log_p, log_q))
+    return _kl(log_q, _log_mix(alpha, log_q, log_p))  # srkl
+
+
+def masked_mean(values: Float[Array, "*batch"], mask: Array | None) -> Float[Array, ""]:
+    """Mean over the positions where mask is true (all positions when mask is None).
+
+    Under jit on global arrays the sums run over every device's shard, so the normaliser is the
+    global count of unmasked positions, not a per-device one.
+    """
+    if mask is None:
+        return jnp.mean(values)
+    mask = mask.astype(values.dtype)
+    return jnp.sum(values * mask) / jnp.maximum(jnp.sum(mask), 1.0)
+
+
+def _clean_masked_rows(logits: Array, mask: Array | None) -> Array:
+    """Replace padded rows by zeros so -inf or garbage there never reaches a value or gradient."""
+    if mask is None:
+        return logits
+    return jnp.where(mask[..., None].astype(bool), logits, 0.0)
+
+
+def divergence(
+    student_logits: Float[Array, "*batch vocab"],
+    teacher_logits: Float[Array, "*batch vocab"],
+    kind: str,
+    *,
+    temperature: float = 1.0,
+    beta: float = 0.5,
+    alpha: float = 0.1,
+    mask: Array | None = None,
+) -> Float[Array, ""]:
+    """Scalar mean divergence over unmasked positions.
+
+    kinds: fkl KL(P‖Q); rkl KL(Q‖P); jsd β·KL(P‖M)+(1−β)·KL(Q‖M) with M=βP+(1−β)Q;
+    tvd ½Σ|P−Q|; skl KL(P‖αP+(1−α)Q); srkl KL(Q‖αQ+(1−α)P).
+    """
+    _check_args(student_logits, teacher_logits, kind, temperature, beta, alpha, mask)
+    per_position = pointwise_divergence(
+        _clean_masked_rows(student_logits, mask), _clean_masked_rows(teacher_logits, mask), kind,
+        temperature=temperature, beta=beta, alpha=alpha)
+    return masked_mean(per_position, mask)
+
+
+def cross_entropy(
+    logits: Float[Array, "*batch classes"],
+    labels: Int[Array, "*batch"],
+    mask: Array | None = None,
+    *,
+    label_smoothing: float = 0.0,
+) -> Float[Array, ""]:
+    """Mean softmax cross-entropy against integer labels, in float32."""
+    log_probs = jax.nn.log_softmax(_clean_masked_rows(logits, mask).astype(jnp.float32), axis=-1)
+    nll = -jnp.take_along_axis(log_probs, labels[..., None], axis=-1)[..., 0]
+    if label_smoothing:
+        nll = (1.0 - label_smoothing) * nll - label_smoothing * jnp.mean(log_probs, axis=-1)
+    return masked_mean(nll, mask)
+
+
+def accuracy(logits: Array, labels: Array, mask: Array | None = None) -> Float[Array, ""]:
+    return masked_mean((jnp.argmax(logits, axis=-1) == labels).astype(jnp.float32), mask)

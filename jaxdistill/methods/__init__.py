@@ -1,0 +1,58 @@
+"""Distillation methods, registered by name.
+
+A method is a factory `make_loss(config, student, teacher) -> loss_fn`, where
+`loss_fn(student_params, teacher_params, batch, rng, step) -> (loss, metrics)` is pure and
+jit-friendly. The engine differentiates it in `student_params` only; `teacher_params` arrive
+under `stop_gradient`. Adding a paper's method is one module here plus one config.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib
+from typing import Any, Callable
+
+import flax.linen as nn
+import ml_collections
+
+from jaxdistill.errors import DistillError
+
+LossFn = Callable[[Any, Any, dict, Any, Any], tuple[Any, dict]]
+LossFactory = Callable[[ml_collections.ConfigDict, nn.Module, "nn.Module | None"], LossFn]
+
+
+@dataclasses.dataclass(frozen=True)
+class Method:
+    name: str
+    make_loss: LossFactory
+    needs_teacher: bool
+
+
+_REGISTRY: dict[str, Method] = {}
+_BUILTIN_MODULES = ("supervised", "kd")
+
+
+def register(name: str, *, needs_teacher: bool = True) -> Callable[[LossFactory], LossFactory]:
+    def decorator(make_loss: LossFactory) -> LossFactory:
+        if name in _REGISTRY:
+            raise ValueError(f"method {name!r} is registered twice")
+        _REGISTRY[name] = Method(name, make_loss, needs_teacher)
+        return make_loss
+    return decorator
+
+
+def _load_builtins() -> None:
+    for module in _BUILTIN_MODULES:
+        importlib.import_module(f"jaxdistill.methods.{module}")
+
+
+def names() -> list[str]:
+    _load_builtins()
+    return sorted(_REGISTRY)
+
+
+def get(name: str) -> Method:
+    _load_builtins()
+    if name not in _REGISTRY:
+        raise DistillError(f"unknown method {name!r}; registered methods: {', '.join(names())}")
+    return _REGISTRY[name]

@@ -1,0 +1,123 @@
+"""`jaxdistill reproduce NAME`: run every row of a paper's table and write it beside the paper's.
+
+Each experiment module defines an `Experiment` whose `rows(scale, workdir, seeds)` trains what the
+table needs and returns one `Row` per setting with a value per seed. This module aggregates them
+and writes OUT/NAME_SCALE.md (human table) and OUT/NAME_SCALE.json (DESIGN.md's schema).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import platform
+import shlex
+import sys
+import time
+from typing import Callable
+
+import jax
+import numpy as np
+
+from jaxdistill.errors import DistillError
+
+
+@dataclasses.dataclass
+class Row:
+    setting: str
+    values: list[float]          # one per seed
+    paper: float | None = None   # the published number where the paper has this row and scale
+    note: str = ""
+
+
+@dataclasses.dataclass(frozen=True)
+class Experiment:
+    name: str
+    description: str
+    metric: str
+    higher_is_better: bool
+    default_seeds: int
+    paper_reference: str         # what the paper reports, in words, for the table's header
+    rows: Callable[[str, str, int], list[Row]]
+    notes: Callable[[str, list[Row]], str] = lambda scale, rows: ""
+
+
+def _experiments() -> dict[str, Experiment]:
+    from jaxdistill.reproduce import hinton2015
+
+    return {e.name: e for e in (hinton2015.EXPERIMENT,)}
+
+
+EXPERIMENTS = _experiments()
+
+
+def device_description() -> str:
+    devices = jax.devices()
+    kind = devices[0].device_kind
+    cpu = platform.processor() or platform.machine()
+    return (f"{len(devices)}× {kind} ({jax.default_backend()}), {os.cpu_count()} host cores"
+            f" {cpu}, jax {jax.__version__}")
+
+
+def run(name: str, *, scale: str, out: str, workdir: str | None = None,
+        seeds: int | None = None) -> dict:
+    if name not in EXPERIMENTS:
+        raise DistillError(f"unknown table {name!r}; available: {', '.join(EXPERIMENTS)}")
+    experiment = EXPERIMENTS[name]
+    seeds = seeds or experiment.default_seeds
+    workdir = workdir or os.path.join("runs", f"{name}_{scale}")
+    started = time.perf_counter()
+    rows = experiment.rows(scale, workdir, seeds)
+    result = {
+        "name": name,
+        "scale": scale,
+        "metric": experiment.metric,
+        "higher_is_better": experiment.higher_is_better,
+        "device": device_description(),
+        "wall_s": round(time.perf_counter() - started, 1),
+        "command": "jaxdistill " + shlex.join(["reproduce", *sys.argv[2:]])
+        if sys.argv[1:2] == ["reproduce"] else f"jaxdistill reproduce {name} --scale {scale}",
+        "seeds": list(range(seeds)),
+        "rows": [{
+            "setting": row.setting,
+            "value": float(np.mean(row.values)),
+            "std": float(np.std(row.values)),
+            "seeds": [float(v) for v in row.values],
+            "paper": row.paper,
+        } for row in rows],
+    }
+    os.makedirs(out, exist_ok=True)
+    stem = os.path.join(out, f"{name}_{scale}")
+    with open(stem + ".json", "w") as f:
+        json.dump(result, f, indent=2)
+    markdown = _markdown(experiment, result, rows)
+    with open(stem + ".md", "w") as f:
+        f.write(markdown)
+    print(markdown)
+    return result
+
+
+def _markdown(experiment: Experiment, result: dict, rows: list[Row]) -> str:
+    header = [
+        f"# {experiment.name} ({result['scale']})",
+        "",
+        experiment.description,
+        "",
+        f"- command: `{result['command']}`",
+        f"- machine: {result['device']}",
+        f"- wall time: {result['wall_s']} s; seeds: {result['seeds']}",
+        f"- metric: {result['metric']} ({'higher' if result['higher_is_better'] else 'lower'}"
+        " is better); mean ± std over seeds",
+        f"- paper: {experiment.paper_reference}",
+        "",
+        "| setting | ours | per seed | paper | note |",
+        "|---|---|---|---|---|",
+    ]
+    lines = [
+        f"| {r['setting']} | {r['value']:.4f} ± {r['std']:.4f} | "
+        f"{', '.join(f'{v:.4f}' for v in r['seeds'])} | "
+        f"{'—' if r['paper'] is None else r['paper']} | {row.note} |"
+        for r, row in zip(result["rows"], rows)
+    ]
+    notes = experiment.notes(result["scale"], rows)
+    return "\n".join(header + lines + ([""] + [notes] if notes else [])) + "\n"

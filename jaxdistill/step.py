@@ -1,0 +1,42 @@
+"""Builds the train step from a method's loss: the whole update, teacher forward included."""
+
+from __future__ import annotations
+
+import jax
+import optax
+
+from jaxdistill.methods import LossFn
+from jaxdistill.state import DistillState
+
+
+def make_train_step(loss_fn: LossFn, optimizer: optax.GradientTransformation,
+                    lr_schedule: optax.Schedule, ema_decay: float):
+    """`train_step(state, teacher_params, batch) -> (state, metrics)`, pure and jittable.
+
+    Only `state.params` is differentiated; the teacher's parameters pass through
+    `stop_gradient`, so even a method that forgets to stop them cannot produce teacher gradients.
+    """
+
+    def train_step(state: DistillState, teacher_params, batch: dict):
+        rng = jax.random.fold_in(state.rng, state.step)
+        teacher_params = jax.lax.stop_gradient(teacher_params)
+        (loss, metrics), grads = jax.value_and_grad(loss_fn, has_aux=True)(
+            state.params, teacher_params, batch, rng, state.step)
+        updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
+        params = optax.apply_updates(state.params, updates)
+        ema_params = state.ema_params
+        if ema_params is not None:
+            ema_params = optax.incremental_update(params, ema_params, 1.0 - ema_decay)
+        metrics = {
+            **metrics,
+            "loss": loss,
+            "lr": lr_schedule(state.step),
+            "l2_grads": optax.global_norm(grads),
+            "l2_updates": optax.global_norm(updates),
+            "l2_params": optax.global_norm(params),
+        }
+        new_state = state.replace(step=state.step + 1, params=params, opt_state=opt_state,
+                                  ema_params=ema_params)
+        return new_state, metrics
+
+    return train_step

@@ -1,0 +1,155 @@
+"""The training loop: `train_and_evaluate(config, workdir)`.
+
+Resumes from the newest checkpoint in WORKDIR, logs to metrics.jsonl and TensorBoard, evaluates
+every `eval_every` steps, and checkpoints every `checkpoint.every_steps` steps and at the end.
+Losses are checked for NaN/Inf before every save, so a run that diverges stops with the step
+number and leaves its last good checkpoint intact.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+
+import jax
+import ml_collections
+import numpy as np
+import tensorboardX
+import tqdm
+
+from jaxdistill import checkpoint, config as config_lib, data, evaluate, methods
+from jaxdistill.errors import NonFiniteLossError
+from jaxdistill.run import Run, build
+
+
+class MetricWriter:
+    """metrics.jsonl plus TensorBoard event files, written by process 0 only."""
+
+    def __init__(self, workdir: str):
+        self.enabled = jax.process_index() == 0
+        if self.enabled:
+            self.jsonl = open(os.path.join(workdir, "metrics.jsonl"), "a")
+            self.tensorboard = tensorboardX.SummaryWriter(os.path.join(workdir, "tensorboard"))
+
+    def write(self, step: int, metrics: dict[str, float], split: str | None = None) -> None:
+        if not self.enabled:
+            return
+        record = {"step": step, **({"split": split} if split else {}), **metrics}
+        self.jsonl.write(json.dumps(record) + "\n")
+        self.jsonl.flush()
+        for key, value in metrics.items():
+            self.tensorboard.add_scalar(f"{split or 'train'}/{key}", value, step)
+
+    def close(self) -> None:
+        if self.enabled:
+            self.jsonl.close()
+            self.tensorboard.close()
+
+
+def _checked(pending: list[tuple[int, dict]], workdir: str, last_good: int | None) -> dict:
+    """Fetches the metrics of the steps run since the last check; fails on the first bad loss."""
+    fetched = jax.device_get(pending)
+    pending.clear()
+    for step, metrics in fetched:
+        loss = float(metrics["loss"])
+        if not np.isfinite(loss):
+            kept = (f"the last good checkpoint (step {last_good}) in {workdir}/checkpoints is intact"
+                    if last_good is not None else "no checkpoint was written yet")
+            raise NonFiniteLossError(
+                f"loss became {loss} at step {step}; training stopped and {kept}. Lower"
+                " config.optimizer.lr, set config.optimizer.grad_clip_norm, or check the inputs",
+                step)
+    return {key: float(value) for key, value in fetched[-1][1].items()}
+
+
+def _teacher_ready(config: ml_collections.ConfigDict, workdir: str, devices, progress: bool):
+    """Trains the teacher into WORKDIR/teacher when the method needs one and none is given."""
+    if not methods.get(config.method).needs_teacher or config.teacher.checkpoint:
+        return config
+    teacher_config = config_lib.load(config.teacher.config)
+    teacher_config.seed = config.seed
+    teacher_config.data = config.data
+    teacher_dir = os.path.join(workdir, "teacher")
+    train_and_evaluate(teacher_config, teacher_dir, devices=devices, progress=progress)
+    config = config.copy_and_resolve_references()
+    config.teacher.checkpoint = teacher_dir
+    return config
+
+
+def _evaluate_all(run: Run, state, writer: MetricWriter, step: int) -> dict:
+    results = {}
+    for split in run.config.eval_splits:
+        results[split] = evaluate.evaluate_split(run, state, split)
+        writer.write(step, results[split], split=split)
+    return results
+
+
+def _print_summary(summary: dict, memory: dict[str, int]) -> None:
+    if jax.process_index() != 0:
+        return
+    lines = [f"{summary['workdir']}: method {summary['method']}, step {summary['step']}"
+             f" of {summary['total_steps']}, {summary['wall_s']:.1f} s"
+             f" ({summary['steps_per_s']:.1f} steps/s)"]
+    if summary["train"]:
+        lines.append(f"  train loss {summary['train']['loss']:.4f}")
+    for split, metrics in summary["eval"].items():
+        extra = (f", teacher agreement {metrics['teacher_agreement']:.4f}"
+                 if "teacher_agreement" in metrics else "")
+        lines.append(f"  {split:<10} accuracy {metrics['accuracy']:.4f}, loss {metrics['loss']:.4f}"
+                     f" ({metrics['examples']} examples){extra}")
+    lines.append("  memory/device " + ", ".join(
+        f"{name} {size / 2**20:.2f} MiB" for name, size in memory.items() if size))
+    print("\n".join(lines), flush=True)
+
+
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
+                       stop_after_steps: int | None = None, devices=None,
+                       progress: bool = True) -> dict:
+    """Trains (or resumes) the run in `workdir`; returns its summary (also printed)."""
+    config = _teacher_ready(config, workdir, devices, progress)
+    run = build(config, devices=devices)
+    checkpoint.write_config(workdir, config)
+    checkpointer = checkpoint.Checkpointer(workdir, config.checkpoint)
+    data_iterator = data.train_iterator(config.data, config.batch_size, config.seed)
+    last_good = checkpointer.latest_step()
+    state = (run.init() if last_good is None
+             else checkpointer.restore(last_good, run.abstract_state(), data_iterator))
+    start = int(state.step)
+    end = config.total_steps if stop_after_steps is None else min(
+        config.total_steps, start + stop_after_steps)
+    writer = MetricWriter(workdir)
+    bar = tqdm.tqdm(total=config.total_steps, initial=start, unit="step", dynamic_ncols=True,
+                    desc=os.path.basename(os.path.normpath(workdir)),
+                    disable=not progress or jax.process_index() != 0)
+    pending, train_metrics, eval_metrics = [], {}, {}
+    started = time.perf_counter()
+    try:
+        for step in range(start + 1, end + 1):
+            state, metrics = run.train_step(state, run.shard_batch(next(data_iterator)))
+            pending.append((step, metrics))
+            is_last = step == end
+            save = step % config.checkpoint.every_steps == 0 or is_last
+            if step % config.log_every == 0 or save or is_last:
+                train_metrics = _checked(pending, workdir, last_good)
+                writer.write(step, train_metrics)
+                bar.set_postfix(loss=f"{train_metrics['loss']:.4f}", refresh=False)
+            if step % config.eval_every == 0 or step == config.total_steps:
+                eval_metrics = _evaluate_all(run, state, writer, step)
+            if save:
+                checkpointer.save(step, state, data_iterator)
+                last_good = step
+            bar.update(1)
+        if not eval_metrics:  # nothing left to train: report the restored state
+            eval_metrics = _evaluate_all(run, state, writer, start)
+    finally:
+        bar.close()
+        checkpointer.close()
+        writer.close()
+    wall = time.perf_counter() - started
+    summary = {"workdir": workdir, "method": config.method, "step": int(state.step),
+               "total_steps": config.total_steps, "wall_s": wall,
+               "steps_per_s": (end - start) / wall if end > start else 0.0,
+               "train": train_metrics, "eval": eval_metrics}
+    _print_summary(summary, run.memory_report())
+    return summary
