@@ -1,0 +1,42 @@
+"""Every test sees 8 simulated CPU devices; the digits dataset and a smoke teacher are shared."""
+
+import os
+
+os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "")
+                           + " --xla_force_host_platform_device_count=8").strip()
+os.environ.setdefault("JAX_PLATFORMS", "cpu")
+
+import pytest  # noqa: E402
+
+from jaxdistill import config as config_lib  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def data_dir(tmp_path_factory):
+    return str(tmp_path_factory.mktemp("tfds"))
+
+
+@pytest.fixture
+def smoke_config(data_dir):
+    """Returns `NAME:smoke` configs that read the session's dataset and save synchronously."""
+
+    def load(name: str, **updates):
+        config = config_lib.load(f"{name}:smoke")
+        config.data.data_dir = data_dir
+        config.checkpoint.async_save = False
+        config.update(updates)
+        return config
+
+    return load
+
+
+@pytest.fixture(scope="session")
+def teacher_dir(tmp_path_factory, data_dir):
+    """A smoke-sized digits teacher run (MLP 64-64), trained once per session."""
+    from jaxdistill import train
+
+    config = config_lib.load("hinton_teacher_digits:smoke")
+    config.data.data_dir = data_dir
+    workdir = str(tmp_path_factory.mktemp("teacher"))
+    train.train_and_evaluate(config, workdir, progress=False)
+    return workdir
