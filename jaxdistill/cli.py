@@ -24,7 +24,7 @@ def _train_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="jaxdistill train",
         description="Train or resume a run. Override any config key with --config.KEY=VALUE.")
-    parser.add_argument("--config", required=True, help="configs/NAME.py[:smoke|local|paper]")
+    parser.add_argument("--config", required=True, help="configs/NAME.py[:smoke|local|paper] or NAME[:...] of jaxdistill.configs")
     parser.add_argument("--workdir", required=True, help="run directory; resumed when it exists")
     parser.add_argument("--stop_after_steps", type=int, default=None,
                         help="checkpoint and stop after this many steps of this invocation")
@@ -42,10 +42,11 @@ def _parse_config(spec: str, overrides: list[str]):
         if not override.startswith("--config."):
             raise DistillError(f"unrecognised argument {override}; see `jaxdistill train --help`")
         config_lib.check_key(config, override[len("--config."):].split("=", 1)[0])
+    argv = ["jaxdistill", f"--config={config_lib.resolve(spec)}", *overrides]
     flag_values = flags.FlagValues()
-    config_flag = config_flags.DEFINE_config_file("config", flag_values=flag_values)
+    config_flag = config_flags.DEFINE_config_file("config", flag_values=flag_values, sys_argv=argv)
     try:
-        flag_values(["jaxdistill", f"--config={spec}", *overrides])
+        flag_values(argv)
     except flags.Error as e:
         raise DistillError(f"bad config override: {e}") from None
     return config_flag.value

@@ -6,7 +6,6 @@ unknown key fails with the list of valid ones.
 
 from __future__ import annotations
 
-import importlib
 import importlib.util
 import json
 import os
@@ -49,29 +48,35 @@ def base() -> ml_collections.ConfigDict:
     return c
 
 
+def resolve(spec: str) -> str:
+    """`NAME[:ARG]` (a module of jaxdistill.configs) or `path/NAME.py[:ARG]` -> `path.py[:ARG]`."""
+    name, colon, arg = spec.partition(":")
+    if not name.endswith(".py"):
+        if name not in available():
+            raise DistillError(f"unknown config {name!r}; available: {', '.join(available())}")
+        name = os.path.join(_configs_dir(), name + ".py")
+    elif not os.path.exists(name):
+        raise DistillError(f"config file {name} does not exist")
+    return name + colon + arg
+
+
 def load(spec: str) -> ml_collections.ConfigDict:
-    """`path/to/NAME.py[:ARG]` or `NAME[:ARG]` (a module in jaxdistill.configs) -> ConfigDict."""
-    name, _, arg = spec.partition(":")
-    if name.endswith(".py"):
-        if not os.path.exists(name):
-            raise DistillError(f"config file {name} does not exist")
-        module_spec = importlib.util.spec_from_file_location(
-            os.path.basename(name)[:-3], name)
-        module = importlib.util.module_from_spec(module_spec)
-        module_spec.loader.exec_module(module)
-    else:
-        try:
-            module = importlib.import_module(f"jaxdistill.configs.{name}")
-        except ModuleNotFoundError:
-            raise DistillError(f"unknown config {name!r}; available: {', '.join(available())}") from None
+    """The ConfigDict of `spec` (see `resolve`), from its module's `get_config(ARG)`."""
+    path, _, arg = resolve(spec).partition(":")
+    module_spec = importlib.util.spec_from_file_location(os.path.basename(path)[:-3], path)
+    module = importlib.util.module_from_spec(module_spec)
+    module_spec.loader.exec_module(module)
     return module.get_config(arg or None)
 
 
-def available() -> list[str]:
+def _configs_dir() -> str:
     import jaxdistill.configs as configs
 
-    directory = os.path.dirname(configs.__file__)
-    return sorted(f[:-3] for f in os.listdir(directory)
+    return os.path.dirname(configs.__file__)
+
+
+def available() -> list[str]:
+    return sorted(f[:-3] for f in os.listdir(_configs_dir())
                   if f.endswith(".py") and not f.startswith("_") and f != "common.py")
 
 

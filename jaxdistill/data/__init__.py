@@ -34,12 +34,16 @@ class DatasetSpec:
 
 
 def _builder(data_config: ml_collections.ConfigDict) -> tfds.core.DatasetBuilder:
+    """The dataset's builder; the bundled digits are prepared on first use (offline, a second)."""
     try:
-        return tfds.builder(data_config.name, data_dir=data_config.data_dir or None)
+        builder = tfds.builder(data_config.name, data_dir=data_config.data_dir or None)
     except tfds.core.registered.DatasetNotFoundError:
         raise DistillError(
             f"unknown dataset {data_config.name!r}; use 'sklearn_digits' offline or a TFDS name"
             " such as 'mnist'") from None
+    if data_config.name == "sklearn_digits":
+        builder.download_and_prepare(file_format="array_record")
+    return builder
 
 
 def spec(data_config: ml_collections.ConfigDict) -> DatasetSpec:
@@ -54,8 +58,6 @@ def spec(data_config: ml_collections.ConfigDict) -> DatasetSpec:
 def source(data_config: ml_collections.ConfigDict, split: str):
     """A random-access array_record source for `split`, preparing the dataset if needed."""
     builder = _builder(data_config)
-    if data_config.name == "sklearn_digits":
-        builder.download_and_prepare(file_format="array_record")
     try:
         return tfds.data_source(
             data_config.name, split=split, data_dir=data_config.data_dir or None,
