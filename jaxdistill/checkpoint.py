@@ -7,6 +7,7 @@ last good checkpoint, and the loop saves only after it has checked that the loss
 
 from __future__ import annotations
 
+import json
 import os
 
 import grain
@@ -59,7 +60,27 @@ class Checkpointer:
         self.manager.close()
 
 
+# What the checkpoint's arrays depend on: resuming with other values cannot restore them, and
+# config.json (which KD runs read to rebuild a teacher) would describe a model it does not hold.
+_FIXED_FOR_RESUME = ("method", "student")
+
+
+def _canonical(value) -> str:
+    if isinstance(value, ml_collections.ConfigDict):
+        value = value.to_dict()
+    return json.dumps(value, sort_keys=True, default=list)
+
+
 def write_config(workdir: str, config: ml_collections.ConfigDict) -> None:
+    """Writes WORKDIR/config.json, refusing a config whose model differs from the one saved."""
+    if os.path.exists(os.path.join(workdir, "config.json")):
+        saved = read_config(workdir)
+        for key in _FIXED_FOR_RESUME:
+            if _canonical(saved[key]) != _canonical(config[key]):
+                raise DistillError(
+                    f"{workdir} holds a run with a different config.{key} ({_canonical(saved[key])}"
+                    f" there, {_canonical(config[key])} now); use a new --workdir or the saved"
+                    " settings")
     if jax.process_index() == 0:
         os.makedirs(workdir, exist_ok=True)
         with open(os.path.join(workdir, "config.json"), "w") as f:

@@ -95,3 +95,10 @@ def test_console_script_trains_and_resumes(tmp_path, data_dir):
         steps = [json.loads(line)["step"] for line in f if '"split"' not in line]
     assert steps == [5, 10, 15, 20]
     assert any(name.startswith("events.out.tfevents") for name in os.listdir(tmp_path / "tensorboard"))
+
+
+def test_resuming_with_another_model_is_refused(capsys, tmp_path, data_dir):
+    (tmp_path / "config.json").write_text(json.dumps(
+        {"method": "supervised", "student": {"model": "mlp", "hidden": [8], "num_classes": 10}}))
+    line = _error_line(capsys, _train_argv(tmp_path, data_dir, "--config.method=supervised"))
+    assert "different config.student" in line and "new --workdir" in line
