@@ -26,6 +26,7 @@ def get_config(arg=None):
     config.total_steps = {"smoke": 20, "local": 2000, "paper": 28_140}[scale]
     if scale == "smoke":
         config.update({"log_every": 5, "eval_every": 10})
+        config.optimizer.warmup_steps = 5
         config.checkpoint.every_steps = 10
     if scale == "paper":
         config.data.update({"name": "mnist", "cache": False})

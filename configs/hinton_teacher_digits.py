@@ -21,6 +21,7 @@ def get_config(arg=None):
     if scale == "smoke":
         config.student.hidden = (64, 64)
         config.update({"log_every": 5, "eval_every": 10})
+        config.optimizer.warmup_steps = 5
         config.checkpoint.every_steps = 10
     if scale == "paper":
         config.data.update({"name": "mnist", "cache": False})

@@ -1,7 +1,7 @@
 """The `jaxdistill` command.
 
     jaxdistill train --config configs/NAME.py[:ARG] --workdir DIR [--config.a.b=VALUE ...]
-    jaxdistill reproduce NAME --scale {smoke,local,paper} --out DIR [--seeds N]
+    jaxdistill reproduce NAME --scale {smoke,local,paper} [--out DIR] [--seeds N] [--data_dir DIR]
     jaxdistill reproduce --list
 
 A `DistillError` (bad input, a diverged run) ends the command with one line on stderr and exit
@@ -76,12 +76,14 @@ def _reproduce(argv: list[str]) -> None:
     parser.add_argument("--out", default="results", help="writes OUT/NAME_SCALE.{md,json}")
     parser.add_argument("--workdir", default=None, help="run directories (default runs/NAME_SCALE)")
     parser.add_argument("--seeds", type=int, default=None, help="number of seeds (default per table)")
+    parser.add_argument("--data_dir", default="", help="TFDS data directory (default TFDS's own)")
     args = parser.parse_args(argv)
     if args.list or not args.name:
         for name, experiment in reproduce.EXPERIMENTS.items():
             print(f"{name:<16} {experiment.description}")
         return
-    reproduce.run(args.name, scale=args.scale, out=args.out, workdir=args.workdir, seeds=args.seeds)
+    reproduce.run(args.name, scale=args.scale, out=args.out, workdir=args.workdir,
+                  seeds=args.seeds, data_dir=args.data_dir)
 
 
 COMMANDS = {"train": _train, "reproduce": _reproduce}

@@ -1,8 +1,9 @@
 """`jaxdistill reproduce NAME`: run every row of a paper's table and write it beside the paper's.
 
-Each experiment module defines an `Experiment` whose `rows(scale, workdir, seeds)` trains what the
-table needs and returns one `Row` per setting with a value per seed. This module aggregates them
-and writes OUT/NAME_SCALE.md (human table) and OUT/NAME_SCALE.json (DESIGN.md's schema).
+Each experiment module defines an `Experiment` whose `rows(scale, workdir, seeds, load)` trains
+what the table needs (loading every config through `load`, which applies run-wide settings) and returns one `Row` per setting with a value per seed. This module aggregates them
+and writes OUT/NAME_SCALE.md (human table) and OUT/NAME_SCALE.json (DESIGN.md's schema), with
+OUT/NAME.md and OUT/NAME.json linked to the newest of them.
 """
 
 from __future__ import annotations
@@ -17,9 +18,14 @@ import time
 from typing import Callable
 
 import jax
+import ml_collections
 import numpy as np
 
+from jaxdistill import config as config_lib
 from jaxdistill.errors import DistillError
+
+
+ConfigLoader = Callable[[str], ml_collections.ConfigDict]
 
 
 @dataclasses.dataclass
@@ -38,7 +44,7 @@ class Experiment:
     higher_is_better: bool
     default_seeds: int
     paper_reference: str         # what the paper reports, in words, for the table's header
-    rows: Callable[[str, str, int], list[Row]]
+    rows: Callable[[str, str, int, ConfigLoader], list[Row]]
     notes: Callable[[str, list[Row]], str] = lambda scale, rows: ""
 
 
@@ -60,14 +66,20 @@ def device_description() -> str:
 
 
 def run(name: str, *, scale: str, out: str, workdir: str | None = None,
-        seeds: int | None = None) -> dict:
+        seeds: int | None = None, data_dir: str = "") -> dict:
     if name not in EXPERIMENTS:
         raise DistillError(f"unknown table {name!r}; available: {', '.join(EXPERIMENTS)}")
     experiment = EXPERIMENTS[name]
     seeds = seeds or experiment.default_seeds
     workdir = workdir or os.path.join("runs", f"{name}_{scale}")
     started = time.perf_counter()
-    rows = experiment.rows(scale, workdir, seeds)
+
+    def load(spec: str) -> ml_collections.ConfigDict:
+        config = config_lib.load(spec)
+        config.data.data_dir = data_dir or config.data.data_dir
+        return config
+
+    rows = experiment.rows(scale, workdir, seeds, load)
     result = {
         "name": name,
         "scale": scale,
@@ -87,14 +99,23 @@ def run(name: str, *, scale: str, out: str, workdir: str | None = None,
         } for row in rows],
     }
     os.makedirs(out, exist_ok=True)
-    stem = os.path.join(out, f"{name}_{scale}")
-    with open(stem + ".json", "w") as f:
-        json.dump(result, f, indent=2)
     markdown = _markdown(experiment, result, rows)
-    with open(stem + ".md", "w") as f:
-        f.write(markdown)
+    for suffix, text in ((".json", json.dumps(result, indent=2) + "\n"), (".md", markdown)):
+        _write_with_latest_link(out, name, scale, suffix, text)
     print(markdown)
     return result
+
+
+def _write_with_latest_link(out: str, name: str, scale: str, suffix: str, text: str) -> None:
+    """Writes OUT/NAME_SCALE.SUFFIX, and points OUT/NAME.SUFFIX (DESIGN.md's name) at it, so
+    tables of every scale live side by side and NAME.SUFFIX is always the newest one."""
+    filename = f"{name}_{scale}{suffix}"
+    with open(os.path.join(out, filename), "w") as f:
+        f.write(text)
+    latest = os.path.join(out, name + suffix)
+    if os.path.islink(latest) or os.path.exists(latest):
+        os.remove(latest)
+    os.symlink(filename, latest)
 
 
 def _markdown(experiment: Experiment, result: dict, rows: list[Row]) -> str:
