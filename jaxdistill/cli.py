@@ -24,7 +24,9 @@ def _train_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="jaxdistill train",
         description="Train or resume a run. Override any config key with --config.KEY=VALUE.")
-    parser.add_argument("--config", required=True, help="configs/NAME.py[:smoke|local|paper] or NAME[:...] of jaxdistill.configs")
+    parser.add_argument("--config", required=True,
+                        help="configs/NAME.py[:smoke|local|paper], or NAME[:ARG] of"
+                             " jaxdistill.configs")
     parser.add_argument("--workdir", required=True, help="run directory; resumed when it exists")
     parser.add_argument("--stop_after_steps", type=int, default=None,
                         help="checkpoint and stop after this many steps of this invocation")
@@ -75,7 +77,8 @@ def _reproduce(argv: list[str]) -> None:
     parser.add_argument("--scale", choices=config_lib.SCALES, default="local")
     parser.add_argument("--out", default="results", help="writes OUT/NAME_SCALE.{md,json}")
     parser.add_argument("--workdir", default=None, help="run directories (default runs/NAME_SCALE)")
-    parser.add_argument("--seeds", type=int, default=None, help="number of seeds (default per table)")
+    parser.add_argument("--seeds", type=int, default=None,
+                        help="number of seeds (default per table)")
     parser.add_argument("--data_dir", default="", help="TFDS data directory (default TFDS's own)")
     args = parser.parse_args(argv)
     if args.list or not args.name:

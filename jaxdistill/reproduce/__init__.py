@@ -1,9 +1,10 @@
 """`jaxdistill reproduce NAME`: run every row of a paper's table and write it beside the paper's.
 
 Each experiment module defines an `Experiment` whose `rows(scale, workdir, seeds, load)` trains
-what the table needs (loading every config through `load`, which applies run-wide settings) and returns one `Row` per setting with a value per seed. This module aggregates them
-and writes OUT/NAME_SCALE.md (human table) and OUT/NAME_SCALE.json (DESIGN.md's schema), with
-OUT/NAME.md and OUT/NAME.json linked to the newest of them.
+what the table needs (loading every config through `load`, which applies run-wide settings) and
+returns one `Row` per setting with a value per seed. This module aggregates them and writes
+OUT/NAME_SCALE.md (human table) and OUT/NAME_SCALE.json (DESIGN.md's schema), with OUT/NAME.md
+and OUT/NAME.json linked to the newest of them.
 """
 
 from __future__ import annotations
