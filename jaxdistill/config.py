@@ -28,10 +28,17 @@ def base() -> ml_collections.ConfigDict:
     c.eval_batch_size = 512
     c.eval_splits = ("validation", "test")
     c.ema_decay = 0.0
+    # tokenizer / max_length apply to text datasets: a pretrained model's name or directory.
     c.data = ml_collections.ConfigDict(
-        {"name": "sklearn_digits", "data_dir": "", "train_split": "train", "cache": True})
+        {"name": "sklearn_digits", "data_dir": "", "train_split": "train", "cache": True,
+         "tokenizer": "", "max_length": 64})
     c.student = ml_collections.ConfigDict({"model": "mlp", "num_classes": 10})
-    c.teacher = ml_collections.ConfigDict({"checkpoint": "", "config": ""})
+    # The teacher: a jaxdistill run's workdir (checkpoint), the config that trains one when that
+    # is empty, or a Hugging Face model (pretrained: a directory or a known name).
+    c.teacher = ml_collections.ConfigDict({"checkpoint": "", "config": "", "pretrained": ""})
+    # teacher_layers: copy the teacher's embeddings and these layers into the student (DistilBERT
+    # and MiniLM students), e.g. (0, 2, 5); empty initialises the student from scratch.
+    c.student_init = ml_collections.ConfigDict({"teacher_layers": ()})
     c.loss = ml_collections.ConfigDict({"temperature": 1.0, "alpha": 0.5, "label_smoothing": 0.0})
     c.optimizer = ml_collections.ConfigDict({
         "name": "adamw", "lr": 1e-3, "schedule": "cosine", "warmup_steps": 0, "b1": 0.9,
@@ -40,10 +47,11 @@ def base() -> ml_collections.ConfigDict:
     c.mesh = ml_collections.ConfigDict({"data": -1, "fsdp": 1, "tensor": 1})
     # Logical parameter axis -> mesh axes. The teacher is inference-only, so it may use another
     # layout (e.g. fully sharded) than the student.
-    classifier_rules = (("embed", "fsdp"), ("mlp", "tensor"), ("mlp_in", "fsdp"),
-                        ("classes", None), ("conv_in", "fsdp"), ("conv_out", "tensor"))
-    c.sharding = ml_collections.ConfigDict(
-        {"student": classifier_rules, "teacher": classifier_rules})
+    rules = (("embed", "fsdp"), ("mlp", "tensor"), ("mlp_in", "fsdp"), ("classes", None),
+             ("conv_in", "fsdp"), ("conv_out", "tensor"), ("vocab", "tensor"),
+             ("heads", "tensor"), ("kv", None), ("position", None), ("token_type", None),
+             ("norm", None), ("projection", "tensor"))
+    c.sharding = ml_collections.ConfigDict({"student": rules, "teacher": rules})
     c.checkpoint = ml_collections.ConfigDict({"every_steps": 500, "keep": 3, "async_save": True})
     return c
 

@@ -1,4 +1,11 @@
-"""Evaluation: sums over padded batches, reduced on the host to exact split-level metrics."""
+"""Evaluation over whole splits in padded batches, reduced on the host to exact split metrics.
+
+Each task has a jitted per-batch step and a host-side reduction:
+- classification: sums of correct predictions, NLL and teacher agreement, divided at the end;
+- sentences: the student's (and teacher's) sentence embeddings, gathered for the whole split,
+  then compared pairwise: how well the student's cosine similarities between held-out sentences
+  rank like the teacher's (Spearman), and how often both pick the same nearest neighbour.
+"""
 
 from __future__ import annotations
 
@@ -7,13 +14,10 @@ from typing import Iterable
 import jax
 import jax.numpy as jnp
 import numpy as np
+import scipy.stats
 
-from jaxdistill import losses
 
-
-def make_eval_step(student, teacher):
-    """`eval_step(params, teacher_params, batch) -> sums`; teacher agreement when there is one."""
-
+def _classification_step(student, teacher):
     def eval_step(params, teacher_params, batch):
         mask = batch["mask"].astype(jnp.float32)
         logits = student.apply(params, batch["image"], train=False).astype(jnp.float32)
@@ -33,8 +37,7 @@ def make_eval_step(student, teacher):
     return eval_step
 
 
-def summarize(batch_sums: Iterable[dict]) -> dict[str, float]:
-    """Turns per-batch sums into accuracy, loss (mean NLL) and teacher agreement."""
+def _summarize_classification(batch_sums: Iterable[dict]) -> dict[str, float]:
     totals: dict[str, float] = {}
     for sums in batch_sums:
         for key, value in jax.device_get(sums).items():
@@ -48,9 +51,73 @@ def summarize(batch_sums: Iterable[dict]) -> dict[str, float]:
     return metrics
 
 
+def _sentence_step(student, teacher):
+    def eval_step(params, teacher_params, batch):
+        inputs = batch["input_ids"], batch["attention_mask"]
+        outputs = {"mask": batch["mask"],
+                   "embedding": student.apply(params, *inputs, train=False).embedding}
+        if teacher is not None:
+            outputs["teacher_embedding"] = teacher.apply(teacher_params, *inputs,
+                                                         train=False).embedding
+        return outputs
+
+    return eval_step
+
+
+def _unit(embeddings: np.ndarray) -> np.ndarray:
+    return embeddings / np.maximum(np.linalg.norm(embeddings, axis=-1, keepdims=True), 1e-12)
+
+
+def similarity_agreement(student: np.ndarray, teacher: np.ndarray) -> dict[str, float]:
+    """How the student's sentence geometry agrees with the teacher's, over all pairs i < j.
+
+    spearman: rank correlation of the two models' cosine similarities; nn_agreement: fraction
+    of sentences whose most similar other sentence is the same under both; cosine: mean cosine
+    between the two models' embeddings of the same sentence (equal widths only).
+    """
+    student, teacher = _unit(student), _unit(teacher)
+    student_sims, teacher_sims = student @ student.T, teacher @ teacher.T
+    upper = np.triu_indices(len(student), k=1)
+    np.fill_diagonal(student_sims, -np.inf)
+    np.fill_diagonal(teacher_sims, -np.inf)
+    metrics = {
+        "spearman": float(scipy.stats.spearmanr(student_sims[upper], teacher_sims[upper])[0]),
+        "nn_agreement": float(np.mean(student_sims.argmax(1) == teacher_sims.argmax(1))),
+    }
+    if student.shape == teacher.shape:
+        metrics["cosine"] = float(np.mean(np.sum(student * teacher, axis=1)))
+    return metrics
+
+
+def _summarize_sentences(batch_outputs: Iterable[dict]) -> dict[str, float]:
+    fetched = [jax.device_get(outputs) for outputs in batch_outputs]
+    mask = np.concatenate([np.asarray(o["mask"], bool) for o in fetched])
+    gathered = {key: np.concatenate([np.asarray(o[key], np.float64) for o in fetched])[mask]
+                for key in fetched[0] if key != "mask"}
+    metrics = {"examples": int(mask.sum())}
+    if "teacher_embedding" in gathered:
+        metrics.update(similarity_agreement(gathered["embedding"], gathered["teacher_embedding"]))
+    return metrics
+
+
+_TASKS = {"classification": (_classification_step, _summarize_classification),
+          "sentences": (_sentence_step, _summarize_sentences)}
+
+
+def make_eval_step(dataset, student, teacher):
+    """`eval_step(params, teacher_params, batch) -> outputs` for the dataset's task."""
+    return _TASKS[dataset.task][0](student, teacher)
+
+
+def summarize(dataset, batch_outputs: Iterable[dict]) -> dict[str, float]:
+    """Split-level metrics from the eval step's per-batch outputs."""
+    return _TASKS[dataset.task][1](batch_outputs)
+
+
 def evaluate_split(run, state, split: str) -> dict[str, float]:
     """Exact metrics of `state` on a whole split of the run's dataset."""
     from jaxdistill import data
 
     batches = data.eval_batches(run.config.data, split, run.config.eval_batch_size)
-    return summarize(run.eval_step(state, run.shard_batch(batch)) for batch in batches)
+    return summarize(run.dataset, (run.eval_step(state, run.shard_batch(batch))
+                                   for batch in batches))

@@ -5,8 +5,8 @@
     state, metrics = run.train_step(state, run.shard_batch(batch))
     sums = run.eval_step(state, run.shard_batch(eval_batch))
 
-Everything a config gets wrong (method, model, class counts, mesh, batch size, teacher path) is
-reported here, before anything compiles.
+Everything a config gets wrong (method, model, class counts or vocabulary, mesh, batch size,
+teacher path, layers to copy from the teacher) is reported here, before anything compiles.
 """
 
 from __future__ import annotations
@@ -18,7 +18,6 @@ from typing import Any, Sequence
 
 import flax.linen as nn
 import jax
-import jax.numpy as jnp
 import ml_collections
 import optax
 
@@ -30,6 +29,7 @@ from jaxdistill.errors import DistillError
 @dataclasses.dataclass
 class Run:
     config: ml_collections.ConfigDict
+    dataset: data.DatasetSpec
     mesh: jax.sharding.Mesh
     method: methods.Method
     student: nn.Module
@@ -44,10 +44,11 @@ class Run:
 
     def init(self, rng: jax.Array | None = None) -> state_lib.DistillState:
         """A fresh state, created directly in its shardings (never materialized on one device)."""
-        return self._init(jax.random.key(self.config.seed) if rng is None else rng)
+        rng = jax.random.key(self.config.seed) if rng is None else rng
+        return self._init(rng, self.teacher_params)
 
     def abstract_state(self) -> state_lib.DistillState:
-        abstract = jax.eval_shape(self._init, jax.random.key(0))
+        abstract = jax.eval_shape(self._init, jax.random.key(0), self.teacher_params)
         return jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
                             abstract, self.state_shardings)
 
@@ -93,54 +94,103 @@ def _check_batch_sizes(config, mesh) -> None:
                                " batch shards (mesh data × fsdp)")
 
 
-def _check_classes(owner: str, model_config, num_classes: int) -> None:
-    if model_config.num_classes != num_classes:
-        raise DistillError(
-            f"the {owner} predicts {model_config.num_classes} classes but the dataset has"
-            f" {num_classes}; set config.{owner}.num_classes={num_classes}")
+def _check_model(owner: str, model_config, dataset: data.DatasetSpec) -> None:
+    """The model's output classes or vocabulary must be the dataset's."""
+    for field, want in (("num_classes", dataset.num_classes), ("vocab_size", dataset.vocab_size)):
+        have = model_config.get(field)
+        if want is not None and have != want:
+            what = (f"predicts {have} classes" if field == "num_classes"
+                    else f"has a vocabulary of {have} tokens")
+            fix = "" if field == "num_classes" else (
+                " (or tokenize with the model's own tokenizer, config.data.tokenizer)")
+            raise DistillError(f"the {owner} {what} but the dataset has {want}; set"
+                               f" config.{owner}.{field}={want}{fix}")
 
 
-def _load_teacher(config, mesh, example_images, num_classes):
-    """The teacher module and its frozen params, restored straight into the teacher layout."""
+def _teacher_module(config):
+    """The teacher's module, its model config, and its params as stored (or None to restore)."""
+    if config.teacher.pretrained:
+        loaded = models.from_pretrained(config.teacher.pretrained)
+        return loaded.module, ml_collections.ConfigDict(loaded.model_config), loaded.params
     if not config.teacher.checkpoint:
         raise DistillError(
             f"method {config.method!r} needs a teacher: set config.teacher.checkpoint to a teacher"
-            " run's workdir (`jaxdistill train` trains one into WORKDIR/teacher when it is empty)")
-    teacher_config = checkpoint.read_config(config.teacher.checkpoint)
-    _check_classes("teacher", teacher_config.student, num_classes)
-    teacher = models.build(teacher_config.student)
+            " run's workdir (`jaxdistill train` trains one into WORKDIR/teacher when it is empty)"
+            " or config.teacher.pretrained to a Hugging Face model")
+    model_config = checkpoint.read_config(config.teacher.checkpoint).student
+    return models.build(model_config), model_config, None
+
+
+def _load_teacher(config, mesh, dataset):
+    """The teacher module and its frozen params, placed straight into the teacher layout."""
+    teacher, model_config, params = _teacher_module(config)
+    _check_model("teacher", model_config, dataset)
     boxed = jax.eval_shape(functools.partial(teacher.init, train=False),
-                           jax.random.key(0), example_images)
+                           jax.random.key(0), *dataset.example_inputs())
     shardings = sharding.param_shardings(boxed, mesh, config.sharding.teacher, "teacher")
-    abstract = _with_shardings(nn.unbox(boxed), shardings)
-    params = checkpoint.load_params(config.teacher.checkpoint, abstract)
+    if params is None:
+        params = checkpoint.load_params(config.teacher.checkpoint,
+                                        _with_shardings(nn.unbox(boxed), shardings))
+    else:
+        params = jax.device_put({"params": params}, shardings)
     return teacher, params, shardings
+
+
+def _init_from_teacher(params, teacher_params, layers: Sequence[int]):
+    """The student's params with its embeddings and layers copied from the teacher's `layers`."""
+    selected = models.pretrained.select_layers(teacher_params["params"], tuple(layers))
+    return {**params, "params": {**params["params"], **selected}}
+
+
+def _check_init_from_teacher(student_abstract, teacher_abstract, layers) -> None:
+    selected = jax.eval_shape(_init_from_teacher, student_abstract, teacher_abstract, layers)
+    for (path, want), got in zip(jax.tree_util.tree_leaves_with_path(student_abstract),
+                                 jax.tree.leaves(selected)):
+        if want.shape != got.shape:
+            raise DistillError(
+                f"config.student_init.teacher_layers copies teacher weights of shape {got.shape}"
+                f" into the student's {jax.tree_util.keystr(path)} of shape {want.shape}; give the"
+                " student the teacher's widths or initialise it from scratch (teacher_layers=())")
+    student_layers = [k for k in student_abstract["params"] if k.startswith("layer_")]
+    if len(student_layers) != len(layers):
+        raise DistillError(
+            f"config.student_init.teacher_layers={tuple(layers)} names {len(layers)} layers but"
+            f" the student has {len(student_layers)}; set config.student.num_layers={len(layers)}")
 
 
 def build(config: ml_collections.ConfigDict, *,
           devices: Sequence[jax.Device] | None = None) -> Run:
     method = methods.get(config.method)
     dataset = data.spec(config.data)
-    _check_classes("student", config.student, dataset.num_classes)
+    _check_model("student", config.student, dataset)
     mesh = sharding.make_mesh(config.mesh, devices)
     _check_batch_sizes(config, mesh)
-    example_images = jnp.zeros((1, *dataset.image_shape), jnp.float32)
+    example_inputs = dataset.example_inputs()
 
     student = models.build(config.student)
     teacher, teacher_params, teacher_shardings = (
-        _load_teacher(config, mesh, example_images, dataset.num_classes)
-        if method.needs_teacher else (None, None, None))
+        _load_teacher(config, mesh, dataset) if method.needs_teacher else (None, None, None))
     optimizer, lr_schedule = optim.build(config.optimizer, config.total_steps)
     loss_fn = method.make_loss(config, student, teacher)
+    teacher_layers = tuple(config.student_init.teacher_layers)
 
-    def init_state(rng, boxed=False):
+    def init_state(rng, teacher_params, boxed=False):
         params_rng, state_rng = jax.random.split(rng)
-        params = student.init(params_rng, example_images, train=False)
+        params = student.init(params_rng, *example_inputs, train=False)
+        if not boxed:
+            params = nn.unbox(params)
+            if teacher_layers:
+                params = _init_from_teacher(params, teacher_params, teacher_layers)
         # Boxed (logically annotated) params make optax's states carry the same annotations.
-        return state_lib.create(params if boxed else nn.unbox(params), optimizer, state_rng,
-                                ema=config.ema_decay > 0)
+        return state_lib.create(params, optimizer, state_rng, ema=config.ema_decay > 0)
 
-    boxed_state = jax.eval_shape(functools.partial(init_state, boxed=True), jax.random.key(0))
+    if teacher_layers:
+        _check_init_from_teacher(
+            jax.eval_shape(lambda: nn.unbox(student.init(jax.random.key(0), *example_inputs,
+                                                         train=False))),
+            teacher_params, teacher_layers)
+    boxed_state = jax.eval_shape(functools.partial(init_state, boxed=True), jax.random.key(0),
+                                 teacher_params)
     state_shardings = sharding.param_shardings(boxed_state, mesh, config.sharding.student, "student")
     batch_sharding = sharding.batch_sharding(mesh)
     replicated = sharding.replicated(mesh)
@@ -152,14 +202,15 @@ def build(config: ml_collections.ConfigDict, *,
         donate_argnums=0,
     )
     eval_step = jax.jit(
-        evaluate.make_eval_step(student, teacher),
+        evaluate.make_eval_step(dataset, student, teacher),
         in_shardings=(state_shardings.params, teacher_shardings, batch_sharding),
         out_shardings=replicated,
     )
     return Run(
-        config=config, mesh=mesh, method=method, student=student, teacher=teacher,
+        config=config, dataset=dataset, mesh=mesh, method=method, student=student, teacher=teacher,
         teacher_params=teacher_params, optimizer=optimizer, lr_schedule=lr_schedule,
         state_shardings=state_shardings,
-        _init=jax.jit(init_state, out_shardings=state_shardings),
+        _init=jax.jit(init_state, in_shardings=(None, teacher_shardings),
+                      out_shardings=state_shardings),
         _train_step=train_step, _eval_step=eval_step,
     )

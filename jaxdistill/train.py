@@ -94,10 +94,9 @@ def _print_summary(summary: dict, memory: dict[str, int]) -> None:
     if summary["train"]:
         lines.append(f"  train loss {summary['train']['loss']:.4f}")
     for split, metrics in summary["eval"].items():
-        extra = (f", teacher agreement {metrics['teacher_agreement']:.4f}"
-                 if "teacher_agreement" in metrics else "")
-        lines.append(f"  {split:<10} accuracy {metrics['accuracy']:.4f}, loss {metrics['loss']:.4f}"
-                     f" ({metrics['examples']} examples){extra}")
+        values = ", ".join(f"{key.replace('_', ' ')} {value:.4f}"
+                           for key, value in metrics.items() if key != "examples")
+        lines.append(f"  {split:<10} {values} ({metrics['examples']} examples)")
     lines.append("  memory/device " + ", ".join(
         f"{name} {size / 2**20:.2f} MiB" for name, size in memory.items() if size))
     print("\n".join(lines), flush=True)

@@ -24,7 +24,7 @@ def _take(iterator, count):
 
 def test_splits_are_fixed_disjoint_and_cover_the_dataset(digits):
     spec = data.spec(digits)
-    assert spec.num_classes == 10 and spec.image_shape == (8, 8, 1)
+    assert spec.num_classes == 10 and spec.inputs == {"image": ((8, 8, 1), np.float32)}
     assert spec.split_sizes == {"train": 1257, "validation": 180, "test": 360}
     images = {split: data.reader(digits, split)[1](np.arange(size))["image"]
               for split, size in spec.split_sizes.items()}

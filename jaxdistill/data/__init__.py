@@ -1,8 +1,13 @@
 """Input pipelines: TFDS array_record sources read through grain.
 
 Training batches come from a checkpointable grain iterator over global batch indices: a seeded
-permutation per epoch, of which each process reads only its own rows of every global batch. Evaluation reads a whole split in fixed-size batches, the last one padded and
-masked, so one compiled eval step serves every batch.
+permutation per epoch, of which each process reads only its own rows of every global batch.
+Evaluation reads a whole split in fixed-size batches, the last one padded and masked, so one
+compiled eval step serves every batch.
+
+Two kinds of dataset: images with class labels (`image`, `label`), and sentences (`text`),
+tokenized here with `config.data.tokenizer` into `input_ids` and `attention_mask` of
+`config.data.max_length` tokens. `DatasetSpec.inputs` names what the models take, in order.
 """
 
 from __future__ import annotations
@@ -10,7 +15,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import sys
-from typing import Iterator
+from typing import Any, Callable, Iterator
 
 import grain
 import jax
@@ -18,19 +23,28 @@ import ml_collections
 import numpy as np
 import tensorflow_datasets as tfds
 
-from jaxdistill.data import sklearn_digits  # noqa: F401  (registers the TFDS builder)
+from jaxdistill.data import bundled_sentences, sklearn_digits  # noqa: F401 (TFDS builders)
 from jaxdistill.errors import DistillError
 
 tfds.display_progress_bar(False)
+
+# Datasets that ship with the installed packages: prepared offline on first use.
+BUNDLED = ("sklearn_digits", "bundled_sentences")
 
 
 @dataclasses.dataclass(frozen=True)
 class DatasetSpec:
     """What the models must agree with, read from the TFDS metadata before anything compiles."""
 
-    num_classes: int
-    image_shape: tuple[int, ...]
+    task: str                                   # "classification" or "sentences"
+    inputs: dict[str, tuple[tuple[int, ...], Any]]  # model input name -> (example shape, dtype)
     split_sizes: dict[str, int]
+    num_classes: int | None = None
+    vocab_size: int | None = None
+
+    def example_inputs(self) -> tuple[np.ndarray, ...]:
+        """One example of each model input, batched: what `module.init` is traced with."""
+        return tuple(np.ones((1, *shape), dtype) for shape, dtype in self.inputs.values())
 
 
 def _builder(data_config: ml_collections.ConfigDict) -> tfds.core.DatasetBuilder:
@@ -41,18 +55,39 @@ def _builder(data_config: ml_collections.ConfigDict) -> tfds.core.DatasetBuilder
         raise DistillError(
             f"unknown dataset {data_config.name!r}; use 'sklearn_digits' offline or a TFDS name"
             " such as 'mnist'") from None
-    if data_config.name == "sklearn_digits":
+    if data_config.name in BUNDLED:
         builder.download_and_prepare(file_format="array_record")
     return builder
 
 
+@functools.lru_cache(maxsize=4)
+def tokenizer(name_or_path: str, max_length: int):
+    """The pretrained model's tokenizer, truncating and padding to `max_length` tokens."""
+    from jaxdistill.models import pretrained
+
+    if not name_or_path:
+        raise DistillError("a text dataset needs config.data.tokenizer: a pretrained model's name"
+                           " or directory (its tokenizer.json)")
+    loaded = pretrained.load_tokenizer(pretrained.resolve_path(name_or_path))
+    pad = loaded.padding or {"pad_id": 0, "pad_token": "[PAD]"}
+    loaded.enable_truncation(max_length)
+    loaded.enable_padding(length=max_length, pad_id=pad["pad_id"], pad_token=pad["pad_token"])
+    return loaded
+
+
 def spec(data_config: ml_collections.ConfigDict) -> DatasetSpec:
     info = _builder(data_config).info
+    split_sizes = {name: split.num_examples for name, split in info.splits.items()}
+    if "text" in info.features:
+        length = data_config.max_length
+        return DatasetSpec(
+            task="sentences", split_sizes=split_sizes,
+            inputs={"input_ids": ((length,), np.int32), "attention_mask": ((length,), np.int32)},
+            vocab_size=tokenizer(data_config.tokenizer, length).get_vocab_size())
     return DatasetSpec(
-        num_classes=info.features["label"].num_classes,
-        image_shape=tuple(info.features["image"].shape),
-        split_sizes={name: split.num_examples for name, split in info.splits.items()},
-    )
+        task="classification", split_sizes=split_sizes,
+        inputs={"image": (tuple(info.features["image"].shape), np.float32)},
+        num_classes=info.features["label"].num_classes)
 
 
 def source(data_config: ml_collections.ConfigDict, split: str):
@@ -61,7 +96,7 @@ def source(data_config: ml_collections.ConfigDict, split: str):
     try:
         return tfds.data_source(
             data_config.name, split=split, data_dir=data_config.data_dir or None,
-            download=data_config.name == "sklearn_digits")
+            download=data_config.name in BUNDLED)
     except (AssertionError, FileNotFoundError) as e:
         raise DistillError(
             f"dataset {data_config.name!r} split {split!r} is not prepared under"
@@ -69,9 +104,20 @@ def source(data_config: ml_collections.ConfigDict, split: str):
             f" --file_format=array_record` or set config.data.data_dir ({e})") from None
 
 
-def _preprocess(batch: dict) -> dict:
-    return {"image": np.asarray(batch["image"], np.float32) / 255.0,
-            "label": np.asarray(batch["label"], np.int32)}
+def _preprocessor(data_config: ml_collections.ConfigDict) -> Callable[[dict], dict]:
+    """Decoded examples (stacked) -> model-ready arrays, for either kind of dataset."""
+
+    def images(batch: dict) -> dict:
+        return {"image": np.asarray(batch["image"], np.float32) / 255.0,
+                "label": np.asarray(batch["label"], np.int32)}
+
+    def sentences(batch: dict) -> dict:
+        texts = [t.decode() if isinstance(t, bytes) else str(t) for t in batch["text"]]
+        encoded = tokenizer(data_config.tokenizer, data_config.max_length).encode_batch(texts)
+        return {"input_ids": np.asarray([e.ids for e in encoded], np.int32),
+                "attention_mask": np.asarray([e.attention_mask for e in encoded], np.int32)}
+
+    return sentences if data_config.name == "bundled_sentences" else images
 
 
 def _stack(examples: list[dict]) -> dict:
@@ -86,10 +132,11 @@ def reader(data_config: ml_collections.ConfigDict, split: str):
     the array_record files.
     """
     records = source(data_config, split)
+    preprocess = _preprocessor(data_config)
     if data_config.cache:
-        arrays = _preprocess(_stack(records.__getitems__(range(len(records)))))
+        arrays = preprocess(_stack(records.__getitems__(range(len(records)))))
         return len(records), lambda indices: {k: v[np.asarray(indices)] for k, v in arrays.items()}
-    return len(records), lambda indices: _preprocess(_stack(records.__getitems__(list(indices))))
+    return len(records), lambda indices: preprocess(_stack(records.__getitems__(list(indices))))
 
 
 def _local_batch_size(global_batch_size: int) -> int:

@@ -12,9 +12,14 @@ import flax.linen as nn
 import ml_collections
 
 from jaxdistill.errors import DistillError
+from jaxdistill.models import pretrained
+from jaxdistill.models.bert import Bert
 from jaxdistill.models.classifiers import CNN, MLP
+from jaxdistill.models.pretrained import from_pretrained
 
-MODELS: dict[str, Callable[..., nn.Module]] = {"mlp": MLP, "cnn": CNN}
+__all__ = ["MODELS", "build", "from_pretrained", "pretrained"]
+
+MODELS: dict[str, Callable[..., nn.Module]] = {"mlp": MLP, "cnn": CNN, "bert": Bert}
 
 
 def build(model_config: ml_collections.ConfigDict) -> nn.Module:
