@@ -133,3 +133,66 @@ def cross_entropy(
 
 def accuracy(logits: Array, labels: Array, mask: Array | None = None) -> Float[Array, ""]:
     return masked_mean((jnp.argmax(logits, axis=-1) == labels).astype(jnp.float32), mask)
+
+
+# Feature distillation: hidden states, embeddings and self-attention relations.
+
+
+def mse(student: Float[Array, "*batch dim"], teacher: Float[Array, "*batch dim"],
+        mask: Array | None = None) -> Float[Array, ""]:
+    """Mean squared error per position (averaged over the feature axis), masked mean over positions."""
+    diff = student.astype(jnp.float32) - teacher.astype(jnp.float32)
+    return masked_mean(jnp.mean(jnp.square(diff), axis=-1), mask)
+
+
+def cosine_distance(student: Float[Array, "*batch dim"], teacher: Float[Array, "*batch dim"],
+                    mask: Array | None = None) -> Float[Array, ""]:
+    """1 − cos(student, teacher) per position, masked mean over positions."""
+    student, teacher = student.astype(jnp.float32), teacher.astype(jnp.float32)
+    norms = jnp.linalg.norm(student, axis=-1) * jnp.linalg.norm(teacher, axis=-1)
+    cosine = jnp.sum(student * teacher, axis=-1) / jnp.maximum(norms, 1e-8)
+    return masked_mean(1.0 - cosine, mask)
+
+
+def relation_log_probs(
+    left: Float[Array, "batch seq heads head_dim"],
+    right: Float[Array, "batch seq heads head_dim"],
+    attention_mask: Int[Array, "batch seq"],
+    num_relation_heads: int,
+) -> Float[Array, "batch relation_heads seq seq"]:
+    """log softmax(A·Bᵀ/√d_r) over unpadded keys, with the heads regrouped into R relation heads.
+
+    MiniLMv2's relation heads: all heads' vectors are concatenated and split into R equal heads
+    (d_r = width / R), so a teacher and a student with different head counts compare R×S×S maps.
+    When R equals the model's head count, left=queries and right=keys, this is exactly the
+    self-attention distribution (MiniLM's attention transfer).
+    """
+    batch, seq = left.shape[:2]
+    width = left.shape[2] * left.shape[3]
+    if width % num_relation_heads:
+        raise DistillError(f"{num_relation_heads} relation heads do not divide the width {width};"
+                           " set config.loss.relation_heads to a divisor of both models' widths")
+    head_dim = width // num_relation_heads
+
+    def regroup(x):
+        return x.astype(jnp.float32).reshape(batch, seq, num_relation_heads, head_dim)
+
+    scores = jnp.einsum("bqrd,bkrd->brqk", regroup(left), regroup(right)) / jnp.sqrt(head_dim)
+    keys = attention_mask[:, None, None, :] > 0
+    return jax.nn.log_softmax(jnp.where(keys, scores, jnp.finfo(jnp.float32).min), axis=-1)
+
+
+def relation_kl(
+    student: tuple[Array, Array],
+    teacher: tuple[Array, Array],
+    attention_mask: Int[Array, "batch seq"],
+    num_relation_heads: int,
+) -> Float[Array, ""]:
+    """KL(teacher relation ‖ student relation), mean over relation heads and unpadded queries.
+
+    `student` and `teacher` are (left, right) vector pairs, e.g. (queries, keys) or (values, values).
+    """
+    log_p = relation_log_probs(*teacher, attention_mask, num_relation_heads)
+    log_q = relation_log_probs(*student, attention_mask, num_relation_heads)
+    per_query = jnp.mean(_kl(log_p, log_q), axis=1)  # [batch, seq]
+    return masked_mean(per_query, attention_mask)

@@ -143,7 +143,8 @@ def _init_from_teacher(params, teacher_params, layers: Sequence[int]):
 
 
 def _check_init_from_teacher(student_abstract, teacher_abstract, layers) -> None:
-    selected = jax.eval_shape(_init_from_teacher, student_abstract, teacher_abstract, layers)
+    selected = jax.eval_shape(functools.partial(_init_from_teacher, layers=layers),
+                              student_abstract, teacher_abstract)
     for (path, want), got in zip(jax.tree_util.tree_leaves_with_path(student_abstract),
                                  jax.tree.leaves(selected)):
         if want.shape != got.shape:

@@ -65,7 +65,8 @@ def _checked(pending: list[tuple[int, dict]], workdir: str, last_good: int | Non
 
 def _teacher_ready(config: ml_collections.ConfigDict, workdir: str, devices, progress: bool):
     """Trains the teacher into WORKDIR/teacher when the method needs one and none is given."""
-    if not methods.get(config.method).needs_teacher or config.teacher.checkpoint:
+    if (not methods.get(config.method).needs_teacher or config.teacher.checkpoint
+            or config.teacher.pretrained):
         return config
     teacher_config = config_lib.load(config.teacher.config)
     teacher_config.seed = config.seed

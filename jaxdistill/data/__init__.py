@@ -117,7 +117,7 @@ def _preprocessor(data_config: ml_collections.ConfigDict) -> Callable[[dict], di
         return {"input_ids": np.asarray([e.ids for e in encoded], np.int32),
                 "attention_mask": np.asarray([e.attention_mask for e in encoded], np.int32)}
 
-    return sentences if data_config.name == "bundled_sentences" else images
+    return sentences if "text" in _builder(data_config).info.features else images
 
 
 def _stack(examples: list[dict]) -> dict:

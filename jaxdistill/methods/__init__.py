@@ -29,7 +29,7 @@ class Method:
 
 
 _REGISTRY: dict[str, Method] = {}
-_BUILTIN_MODULES = ("supervised", "kd")
+_BUILTIN_MODULES = ("supervised", "kd", "features", "minilm")
 
 
 def register(name: str, *, needs_teacher: bool = True) -> Callable[[LossFactory], LossFactory]:

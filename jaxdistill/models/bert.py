@@ -163,17 +163,32 @@ class Bert(nn.Module):
             x, attention = layer(x, bias, train=train)
             hidden_states.append(x)
             attentions.append(attention)
+        if self.projection_dim and self.is_initializing():
+            self.project(x)  # create the projection's params with the encoder's
         queries, keys, values, maps = (tuple(a) for a in zip(*attentions))
         return BertOutput(tuple(hidden_states), queries, keys, values, maps,
                           self.pool(x, attention_mask))
+
+    def distill_features(self, input_ids: Array, attention_mask: Array, *,
+                         train: bool) -> BertOutput:
+        """`__call__`'s outputs with hidden states and embedding mapped to the teacher's width.
+
+        The projection is linear, so pooling the projected states equals projecting the pooled
+        one; attention vectors keep the student's own widths (relation heads compare those).
+        """
+        out = self(input_ids, attention_mask, train=train)
+        if not self.projection_dim:
+            return out
+        hidden_states = tuple(self.project(h) for h in out.hidden_states)
+        return out._replace(hidden_states=hidden_states,
+                            embedding=self.pool(hidden_states[-1], attention_mask))
 
     def pool(self, hidden: Array, attention_mask: Array) -> Array:
         pooled = mean_pool(hidden, attention_mask) if self.pooling == "mean" else hidden[:, 0]
         return l2_normalize(pooled) if self.normalize else pooled
 
     def project(self, features: Array) -> Array:
-        """Maps student features to the teacher's width (identity without a projection)."""
-        return self.distill_projection(features) if self.projection_dim else features
+        return self.distill_projection(features)
 
     def embed(self, input_ids: Array, attention_mask: Array) -> Array:
         """The sentence embedding alone (inference)."""

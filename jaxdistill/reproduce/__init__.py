@@ -35,6 +35,13 @@ class Row:
     values: list[float]          # one per seed
     paper: float | None = None   # the published number where the paper has this row and scale
     note: str = ""
+    # Secondary metrics, each with one value per seed, shown as extra columns.
+    extra: dict[str, list[float]] = dataclasses.field(default_factory=dict)
+
+
+def _stats(values: list[float]) -> dict:
+    return {"value": float(np.mean(values)), "std": float(np.std(values)),
+            "seeds": [float(v) for v in values]}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -50,9 +57,9 @@ class Experiment:
 
 
 def _experiments() -> dict[str, Experiment]:
-    from jaxdistill.reproduce import hinton2015
+    from jaxdistill.reproduce import hinton2015, minilm2020
 
-    return {e.name: e for e in (hinton2015.EXPERIMENT,)}
+    return {e.name: e for e in (hinton2015.EXPERIMENT, minilm2020.EXPERIMENT)}
 
 
 EXPERIMENTS = _experiments()
@@ -93,10 +100,10 @@ def run(name: str, *, scale: str, out: str, workdir: str | None = None,
         "seeds": list(range(seeds)),
         "rows": [{
             "setting": row.setting,
-            "value": float(np.mean(row.values)),
-            "std": float(np.std(row.values)),
-            "seeds": [float(v) for v in row.values],
+            **_stats(row.values),
             "paper": row.paper,
+            **({"extra": {name: _stats(values) for name, values in row.extra.items()}}
+               if row.extra else {}),
         } for row in rows],
     }
     os.makedirs(out, exist_ok=True)
@@ -119,7 +126,14 @@ def _write_with_latest_link(out: str, name: str, scale: str, suffix: str, text: 
     os.symlink(filename, latest)
 
 
+def _cell(stats: dict | None) -> str:
+    if stats is None:
+        return "— | "
+    return f"{stats['value']:.4g} ± {stats['std']:.2g} | "
+
+
 def _markdown(experiment: Experiment, result: dict, rows: list[Row]) -> str:
+    extra = list(dict.fromkeys(name for row in rows for name in row.extra))
     header = [
         f"# {experiment.name} ({result['scale']})",
         "",
@@ -132,13 +146,15 @@ def _markdown(experiment: Experiment, result: dict, rows: list[Row]) -> str:
         " is better); mean ± std over seeds",
         f"- paper: {experiment.paper_reference}",
         "",
-        "| setting | ours | per seed | paper | note |",
-        "|---|---|---|---|---|",
+        "| setting | ours | per seed | " + "".join(f"{name} | " for name in extra)
+        + "paper | note |",
+        "|---|---|---|" + "---|" * len(extra) + "---|---|",
     ]
     lines = [
         f"| {r['setting']} | {r['value']:.4f} ± {r['std']:.4f} | "
         f"{', '.join(f'{v:.4f}' for v in r['seeds'])} | "
-        f"{'—' if r['paper'] is None else r['paper']} | {row.note} |"
+        + "".join(_cell(r.get("extra", {}).get(name)) for name in extra)
+        + f"{'—' if r['paper'] is None else r['paper']} | {row.note} |"
         for r, row in zip(result["rows"], rows)
     ]
     notes = experiment.notes(result["scale"], rows)
