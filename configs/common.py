@@ -23,3 +23,9 @@ def digits_base(scale: str) -> ml_collections.ConfigDict:
         config.update({"log_every": 200, "eval_every": 2000})
         config.checkpoint.every_steps = 5000
     return config
+
+
+# The self-distillation settings (born-again, PS-KD): one architecture for teacher and student,
+# wide enough to overfit the 1,257 training digits, unregularised so soft targets can matter.
+SELF_DISTILLATION_MLP = {"model": "mlp", "hidden": (256, 256), "dropout": 0.0, "input_dropout": 0.0,
+                         "num_classes": 10}

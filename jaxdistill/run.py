@@ -71,6 +71,7 @@ class Run:
             "student_params": _bytes_per_device(abstract.params),
             "optimizer_state": _bytes_per_device(abstract.opt_state),
             "ema_params": _bytes_per_device(abstract.ema_params),
+            "snapshot_params": _bytes_per_device(abstract.snapshot_params),
             "teacher_params": _bytes_per_device(self.teacher_params),
         }
         return report
@@ -172,7 +173,7 @@ def build(config: ml_collections.ConfigDict, *,
     teacher, teacher_params, teacher_shardings = (
         _load_teacher(config, mesh, dataset) if method.needs_teacher else (None, None, None))
     optimizer, lr_schedule = optim.build(config.optimizer, config.total_steps)
-    loss_fn = method.make_loss(config, student, teacher)
+    loss_fn = method.make_loss(config, student, student if method.self_teacher else teacher)
     teacher_layers = tuple(config.student_init.teacher_layers)
 
     def init_state(rng, teacher_params, boxed=False):
@@ -183,7 +184,8 @@ def build(config: ml_collections.ConfigDict, *,
             if teacher_layers:
                 params = _init_from_teacher(params, teacher_params, teacher_layers)
         # Boxed (logically annotated) params make optax's states carry the same annotations.
-        return state_lib.create(params, optimizer, state_rng, ema=config.ema_decay > 0)
+        return state_lib.create(params, optimizer, state_rng, ema=config.ema_decay > 0,
+                                snapshot=method.self_teacher)
 
     if teacher_layers:
         _check_init_from_teacher(
@@ -197,7 +199,9 @@ def build(config: ml_collections.ConfigDict, *,
     replicated = sharding.replicated(mesh)
 
     train_step = jax.jit(
-        step_lib.make_train_step(loss_fn, optimizer, lr_schedule, config.ema_decay),
+        step_lib.make_train_step(loss_fn, optimizer, lr_schedule, config.ema_decay,
+                                 data.steps_per_epoch(config.data, config.batch_size)
+                                 if method.self_teacher else None),
         in_shardings=(state_shardings, teacher_shardings, batch_sharding),
         out_shardings=(state_shardings, replicated),
         donate_argnums=0,

@@ -3,21 +3,31 @@
 from __future__ import annotations
 
 import jax
+import jax.numpy as jnp
 import optax
 
 from jaxdistill.methods import LossFn
 from jaxdistill.state import DistillState
 
 
+def _epoch(step, steps_per_epoch: float):
+    return jnp.floor(step / steps_per_epoch)
+
+
 def make_train_step(loss_fn: LossFn, optimizer: optax.GradientTransformation,
-                    lr_schedule: optax.Schedule, ema_decay: float):
+                    lr_schedule: optax.Schedule, ema_decay: float,
+                    steps_per_epoch: float | None = None):
     """`train_step(state, teacher_params, batch) -> (state, metrics)`, pure and jittable.
 
     Only `state.params` is differentiated; the teacher's parameters pass through
     `stop_gradient`, so even a method that forgets to stop them cannot produce teacher gradients.
+    When the state keeps a snapshot (self-distillation), the snapshot is the teacher and is
+    refreshed with the new params whenever a step completes an epoch of `steps_per_epoch`.
     """
 
     def train_step(state: DistillState, teacher_params, batch: dict):
+        if state.snapshot_params is not None:
+            teacher_params = state.snapshot_params
         rng = jax.random.fold_in(state.rng, state.step)
         teacher_params = jax.lax.stop_gradient(teacher_params)
         (loss, metrics), grads = jax.value_and_grad(loss_fn, has_aux=True)(
@@ -35,8 +45,12 @@ def make_train_step(loss_fn: LossFn, optimizer: optax.GradientTransformation,
             "l2_updates": optax.global_norm(updates),
             "l2_params": optax.global_norm(params),
         }
+        snapshot = state.snapshot_params
+        if snapshot is not None:
+            refresh = _epoch(state.step + 1, steps_per_epoch) > _epoch(state.step, steps_per_epoch)
+            snapshot = jax.tree.map(lambda new, old: jnp.where(refresh, new, old), params, snapshot)
         new_state = state.replace(step=state.step + 1, params=params, opt_state=opt_state,
-                                  ema_params=ema_params)
+                                  ema_params=ema_params, snapshot_params=snapshot)
         return new_state, metrics
 
     return train_step

@@ -90,6 +90,17 @@ def spec(data_config: ml_collections.ConfigDict) -> DatasetSpec:
         num_classes=info.features["label"].num_classes)
 
 
+def num_examples(data_config: ml_collections.ConfigDict, split: str) -> int:
+    """Examples in `split`, which may be a TFDS slice such as 'train[:10%]'."""
+    return _builder(data_config).info.splits[split].num_examples
+
+
+def steps_per_epoch(data_config: ml_collections.ConfigDict, global_batch_size: int) -> float:
+    """Optimizer steps in one pass over the training split (fractional: epochs run across
+    batches, see `train_iterator`)."""
+    return num_examples(data_config, data_config.train_split) / global_batch_size
+
+
 def source(data_config: ml_collections.ConfigDict, split: str):
     """A random-access array_record source for `split`, preparing the dataset if needed."""
     builder = _builder(data_config)

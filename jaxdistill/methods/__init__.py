@@ -26,17 +26,21 @@ class Method:
     name: str
     make_loss: LossFactory
     needs_teacher: bool
+    # Self-distillation: the teacher is the student itself at the end of the previous epoch
+    # (its params kept in the state), not a separate model.
+    self_teacher: bool = False
 
 
 _REGISTRY: dict[str, Method] = {}
-_BUILTIN_MODULES = ("supervised", "kd", "features", "minilm")
+_BUILTIN_MODULES = ("supervised", "kd", "features", "minilm", "born_again", "pskd")
 
 
-def register(name: str, *, needs_teacher: bool = True) -> Callable[[LossFactory], LossFactory]:
+def register(name: str, *, needs_teacher: bool = True,
+             self_teacher: bool = False) -> Callable[[LossFactory], LossFactory]:
     def decorator(make_loss: LossFactory) -> LossFactory:
         if name in _REGISTRY:
             raise ValueError(f"method {name!r} is registered twice")
-        _REGISTRY[name] = Method(name, make_loss, needs_teacher)
+        _REGISTRY[name] = Method(name, make_loss, needs_teacher and not self_teacher, self_teacher)
         return make_loss
     return decorator
 

@@ -57,9 +57,10 @@ class Experiment:
 
 
 def _experiments() -> dict[str, Experiment]:
-    from jaxdistill.reproduce import hinton2015, minilm2020
+    from jaxdistill.reproduce import hinton2015, minilm2020, self_distillation
 
-    return {e.name: e for e in (hinton2015.EXPERIMENT, minilm2020.EXPERIMENT)}
+    return {e.name: e for e in (hinton2015.EXPERIMENT, minilm2020.EXPERIMENT,
+                                self_distillation.EXPERIMENT)}
 
 
 EXPERIMENTS = _experiments()
