@@ -69,7 +69,9 @@ def _teacher_ready(config: ml_collections.ConfigDict, workdir: str, devices, pro
             or config.teacher.pretrained):
         return config
     teacher_config = config_lib.load(config.teacher.config)
-    teacher_config.seed = config.seed
+    # An independent draw: a teacher of the student's own architecture (born-again chains) must
+    # not start from the student's initialisation and data order.
+    teacher_config.seed = config.seed + 1
     teacher_config.data = config.data
     teacher_dir = os.path.join(workdir, "teacher")
     train_and_evaluate(teacher_config, teacher_dir, devices=devices, progress=progress)

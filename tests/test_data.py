@@ -111,3 +111,42 @@ def test_paper_config_trains_on_mnist_through_the_same_pipeline(tmp_path, monkey
         summary = train.train_and_evaluate(config, str(tmp_path), progress=False)
     assert summary["step"] == 2
     assert summary["eval"]["test"]["examples"] == 64
+
+
+@pytest.fixture
+def sentences(data_dir):
+    config = config_lib.load("minilm_sentences:smoke").data
+    config.data_dir = data_dir
+    return config
+
+
+def test_sentence_corpus_splits_by_document_without_duplicates():
+    from jaxdistill.data import bundled_sentences
+
+    corpus = bundled_sentences.corpus()
+    documents = {split: {doc for doc, _ in rows} for split, rows in corpus.items()}
+    texts = [text for rows in corpus.values() for _, text in rows]
+    assert all(len(rows) > 300 for rows in corpus.values())
+    assert len(texts) == len(set(texts))
+    assert not (documents["train"] & documents["test"] or documents["train"] & documents["validation"]
+                or documents["validation"] & documents["test"])
+    assert all(bundled_sentences.split_of(doc) == split
+               for split, docs in documents.items() for doc in docs)
+    assert all(6 <= len(text.split()) <= 40 and text.endswith(".") for text in texts)
+
+
+def test_sentence_dataset_is_tokenized_by_the_teachers_tokenizer(sentences):
+    spec = data.spec(sentences)
+    length = sentences.max_length
+    assert spec.task == "sentences" and spec.vocab_size == 30522 and spec.num_classes is None
+    assert spec.inputs == {"input_ids": ((length,), np.int32),
+                           "attention_mask": ((length,), np.int32)}
+    size, read = data.reader(sentences, "test")
+    assert size == spec.split_sizes["test"]
+    batch = read(np.arange(16))
+    ids, mask = batch["input_ids"], batch["attention_mask"]
+    assert ids.shape == mask.shape == (16, length) and set(batch) == {"input_ids", "attention_mask"}
+    assert np.all(ids[:, 0] == 101)  # [CLS]
+    assert np.all((ids == 0) == (mask == 0))  # padding is exactly the masked positions
+    lengths = mask.sum(1)
+    assert np.all(ids[np.arange(16), lengths - 1] == 102)  # [SEP] ends every (truncated) row

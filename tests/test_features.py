@@ -191,3 +191,28 @@ def test_minilm_config_variants_load():
     for scale in config_lib.SCALES:
         config = config_lib.load(f"minilm_sentences:{scale}")
         assert config.method == "minilm" and config.teacher.pretrained
+
+
+def test_bert_student_shards_over_the_mesh_with_the_same_loss(minilm_config):
+    """data2×fsdp2×tensor2 places heads, MLP and vocabulary on `tensor` and matches 1 device."""
+    from jaxdistill import data
+
+    curves = []
+    for mesh, devices in (({"data": 1, "fsdp": 1, "tensor": 1}, jax.devices()[:1]),
+                          ({"data": 2, "fsdp": 2, "tensor": 2}, None)):
+        config = minilm_config()
+        config.mesh.update(mesh)
+        run = build(config, devices=devices)
+        batches = data.train_iterator(config.data, config.batch_size, 0)
+        state, curve = run.init(), []
+        for _ in range(3):
+            state, metrics = run.train_step(state, run.shard_batch(next(batches)))
+            curve.append(float(metrics["loss"]))
+        curves.append(curve)
+    specs = jax.tree.map(lambda s: tuple(s.spec), run.state_shardings.params["params"])
+    assert specs["layer_0"]["attention"]["query"]["kernel"] == ("fsdp", "tensor", None)
+    assert specs["layer_0"]["intermediate"]["kernel"] == ("fsdp", "tensor")
+    assert specs["word_embeddings"]["embedding"] == ("tensor", "fsdp")
+    teacher_kernel = run.teacher_params["params"]["layer_5"]["output"]["kernel"]
+    assert tuple(teacher_kernel.sharding.spec) == ("tensor", "fsdp")
+    np.testing.assert_allclose(curves[1], curves[0], rtol=1e-4)

@@ -25,3 +25,37 @@ def test_hinton2015_smoke_writes_the_table(tmp_path, data_dir, capsys):
     assert "| student_kd |" in markdown and "Distilled minus scratch" in markdown
     assert "student_kd" in capsys.readouterr().out
     assert (tmp_path / "results" / "hinton2015.md").read_text() == markdown
+
+
+def _smoke_table(name, tmp_path, data_dir, seeds):
+    cli.main(["reproduce", name, "--scale", "smoke", "--seeds", str(seeds), "--data_dir", data_dir,
+              "--out", str(tmp_path / "results"), "--workdir", str(tmp_path / "runs")])
+    with open(tmp_path / "results" / f"{name}_smoke.json") as f:
+        return json.load(f)
+
+
+@pytest.mark.slow
+def test_minilm2020_smoke_writes_the_table(tmp_path, data_dir):
+    table = _smoke_table("minilm2020", tmp_path, data_dir, seeds=1)
+    rows = {row["setting"]: row for row in table["rows"]}
+    assert list(rows) == ["teacher"] + [
+        f"student_{depth}L_{name}" for depth in (3, 2)
+        for name in ("layerdrop", "embedding_kd", "minilm_kd", "minilm_plus_embedding")]
+    # The teacher scored against itself is exact; students are faster and agree less.
+    assert rows["teacher"]["value"] == pytest.approx(1.0)
+    assert rows["teacher"]["extra"]["nn_agreement"]["value"] == 1.0
+    for name, row in rows.items():
+        if name != "teacher":
+            assert 0.0 < row["value"] < 1.0
+            assert row["extra"]["speed-up"]["value"] > 1.0
+    markdown = (tmp_path / "results" / "minilm2020_smoke.md").read_text()
+    assert "| nn_agreement | sentences/s | speed-up |" in markdown
+
+
+@pytest.mark.slow
+def test_self_distillation_smoke_writes_the_table(tmp_path, data_dir):
+    table = _smoke_table("self_distillation", tmp_path, data_dir, seeds=1)
+    assert [row["setting"] for row in table["rows"]] == [
+        "born_again_gen0", "born_again_gen1", "born_again_gen2", "born_again_gen3",
+        "born_again_t4_gen1", "born_again_t4_gen2", "born_again_t4_gen3", "pskd"]
+    assert (tmp_path / "runs" / "seed0" / "born_again_gen3" / "checkpoints").is_dir()
