@@ -146,6 +146,11 @@ def _init_from_teacher(params, teacher_params, layers: Sequence[int]):
 def _check_init_from_teacher(student_abstract, teacher_abstract, layers) -> None:
     selected = jax.eval_shape(functools.partial(_init_from_teacher, layers=layers),
                               student_abstract, teacher_abstract)
+    student_layers = [k for k in student_abstract["params"] if k.startswith("layer_")]
+    if len(student_layers) != len(layers):
+        raise DistillError(
+            f"config.student_init.teacher_layers={tuple(layers)} names {len(layers)} layers but"
+            f" the student has {len(student_layers)}; set config.student.num_layers={len(layers)}")
     for (path, want), got in zip(jax.tree_util.tree_leaves_with_path(student_abstract),
                                  jax.tree.leaves(selected)):
         if want.shape != got.shape:
@@ -153,11 +158,6 @@ def _check_init_from_teacher(student_abstract, teacher_abstract, layers) -> None
                 f"config.student_init.teacher_layers copies teacher weights of shape {got.shape}"
                 f" into the student's {jax.tree_util.keystr(path)} of shape {want.shape}; give the"
                 " student the teacher's widths or initialise it from scratch (teacher_layers=())")
-    student_layers = [k for k in student_abstract["params"] if k.startswith("layer_")]
-    if len(student_layers) != len(layers):
-        raise DistillError(
-            f"config.student_init.teacher_layers={tuple(layers)} names {len(layers)} layers but"
-            f" the student has {len(student_layers)}; set config.student.num_layers={len(layers)}")
 
 
 def build(config: ml_collections.ConfigDict, *,
@@ -187,6 +187,9 @@ def build(config: ml_collections.ConfigDict, *,
         return state_lib.create(params, optimizer, state_rng, ema=config.ema_decay > 0,
                                 snapshot=method.self_teacher)
 
+    if teacher_layers and teacher is None:
+        raise DistillError(f"config.student_init.teacher_layers needs a teacher, and method"
+                           f" {config.method!r} has none; set teacher_layers=()")
     if teacher_layers:
         _check_init_from_teacher(
             jax.eval_shape(lambda: nn.unbox(student.init(jax.random.key(0), *example_inputs,

@@ -170,6 +170,7 @@ def test_minilm_run_evaluates_agreement_with_the_teacher(minilm_config, tmp_path
      "4 attention heads and the teacher 12; set config.loss.relation_heads"),
     ({"student_init.teacher_layers": (0, 5)},
      r"names 2 layers but the student has 3; set config.student.num_layers=2"),
+    ({"student.num_layers": 2}, r"names 3 layers but the student has 2"),
     ({"student.mlp_dim": 512}, "copies teacher weights of shape"),
     ({"student.vocab_size": 1000},
      "the student has a vocabulary of 1000 tokens but the dataset has 30522"),
@@ -180,6 +181,17 @@ def test_minilm_run_evaluates_agreement_with_the_teacher(minilm_config, tmp_path
 def test_bad_feature_config_is_a_clear_error(minilm_config, updates, message):
     with pytest.raises(DistillError, match=message):
         build(minilm_config(**updates))
+
+
+def test_layer_copy_needs_a_transformer_teacher(smoke_config, teacher_dir):
+    config = smoke_config("hinton_kd_digits")
+    config.teacher.checkpoint = teacher_dir
+    config.student_init.teacher_layers = (0,)
+    with pytest.raises(DistillError, match="the teacher has no numbered layers"):
+        build(config)
+    config.method = "supervised"
+    with pytest.raises(DistillError, match="teacher_layers needs a teacher"):
+        build(config)
 
 
 def test_text_dataset_needs_a_tokenizer(minilm_config):

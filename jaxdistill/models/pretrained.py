@@ -174,6 +174,9 @@ def select_layers(params: dict, layers: tuple[int, ...]) -> dict:
 
     The layer-dropping initialisation of DistilBERT / MiniLM students (e.g. keep (0, 2, 5))."""
     available = sorted(int(k.split("_")[1]) for k in params if k.startswith("layer_"))
+    if not available:
+        raise DistillError("the teacher has no numbered layers (layer_0, layer_1, ...) to copy;"
+                           " student_init.teacher_layers needs a transformer teacher")
     bad = [i for i in layers if i not in available]
     if bad:
         raise DistillError(f"cannot keep teacher layers {bad}: the teacher has layers"
