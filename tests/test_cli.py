@@ -28,7 +28,9 @@ def _train_argv(tmp_path, data_dir, *overrides, config="configs/hinton_kd_digits
 
 def test_unknown_method_lists_the_registered_ones(capsys, tmp_path, data_dir):
     line = _error_line(capsys, _train_argv(tmp_path, data_dir, "--config.method=distil"))
-    assert "unknown method 'distil'" in line and "kd, supervised" in line
+    assert "unknown method 'distil'" in line
+    assert ("born_again, embedding_kd, hidden_cosine, hidden_mse, kd, minilm, pskd, supervised"
+            in line)
 
 
 def test_unknown_config_key_lists_the_valid_ones(capsys, tmp_path, data_dir):
@@ -102,3 +104,16 @@ def test_resuming_with_another_model_is_refused(capsys, tmp_path, data_dir):
         {"method": "supervised", "student": {"model": "mlp", "hidden": [8], "num_classes": 10}}))
     line = _error_line(capsys, _train_argv(tmp_path, data_dir, "--config.method=supervised"))
     assert "different config.student" in line and "new --workdir" in line
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("config, method", [
+    ("minilm_sentences", "minilm"), ("minilm_sentences", "embedding_kd"),
+    ("minilm_sentences", "hidden_mse"), ("minilm_sentences", "hidden_cosine"),
+    ("born_again_digits", "born_again"), ("pskd_digits", "pskd")])
+def test_every_new_method_trains_from_the_cli(capsys, tmp_path, data_dir, config, method):
+    cli.main(_train_argv(tmp_path, data_dir, f"--config.method={method}", "--config.total_steps=2",
+                         config=f"configs/{config}.py:smoke"))
+    lines = [json.loads(line) for line in open(tmp_path / "metrics.jsonl")]
+    assert lines[-1]["step"] == 2 and any("loss" in line for line in lines)
+    assert f"method {method}, step 2 of 2" in capsys.readouterr().out
