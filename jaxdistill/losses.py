@@ -190,7 +190,7 @@ def relation_kl(
 ) -> Float[Array, ""]:
     """KL(teacher relation ‖ student relation), mean over relation heads and unpadded queries.
 
-    `student` and `teacher` are (left, right) vector pairs, e.g. (queries, keys) or (values, values).
+    `student` and `teacher` are (left, right) vector pairs: (queries, keys), (values, values), ...
     """
     log_p = relation_log_probs(*teacher, attention_mask, num_relation_heads)
     log_q = relation_log_probs(*student, attention_mask, num_relation_heads)

@@ -197,7 +197,8 @@ def build(config: ml_collections.ConfigDict, *,
             teacher_params, teacher_layers)
     boxed_state = jax.eval_shape(functools.partial(init_state, boxed=True), jax.random.key(0),
                                  teacher_params)
-    state_shardings = sharding.param_shardings(boxed_state, mesh, config.sharding.student, "student")
+    state_shardings = sharding.param_shardings(boxed_state, mesh, config.sharding.student,
+                                               "student")
     batch_sharding = sharding.batch_sharding(mesh)
     replicated = sharding.replicated(mesh)
 

@@ -128,8 +128,8 @@ def test_sentence_corpus_splits_by_document_without_duplicates():
     texts = [text for rows in corpus.values() for _, text in rows]
     assert all(len(rows) > 300 for rows in corpus.values())
     assert len(texts) == len(set(texts))
-    assert not (documents["train"] & documents["test"] or documents["train"] & documents["validation"]
-                or documents["validation"] & documents["test"])
+    train, validation, test = documents["train"], documents["validation"], documents["test"]
+    assert not (train & test or train & validation or validation & test)
     assert all(bundled_sentences.split_of(doc) == split
                for split, docs in documents.items() for doc in docs)
     assert all(6 <= len(text.split()) <= 40 and text.endswith(".") for text in texts)

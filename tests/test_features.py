@@ -69,7 +69,8 @@ def test_relation_qk_with_own_heads_is_the_attention_map():
     q, k = rng.normal(size=(2, 5, 4, 8)), rng.normal(size=(2, 5, 4, 8))
     mask = _padding_mask(rng, 2, 5)
     attention = jax.nn.softmax(
-        jnp.einsum("bqhd,bkhd->bhqk", q, k) / np.sqrt(8) + jnp.where(mask[:, None, None] > 0, 0, -1e9))
+        jnp.einsum("bqhd,bkhd->bhqk", q, k) / np.sqrt(8)
+        + jnp.where(mask[:, None, None] > 0, 0, -1e9))
     got = jnp.exp(losses.relation_log_probs(jnp.float32(q), jnp.float32(k), jnp.asarray(mask), 4))
     np.testing.assert_allclose(got, attention, atol=1e-6)
 

@@ -53,8 +53,8 @@ def _builder(data_config: ml_collections.ConfigDict) -> tfds.core.DatasetBuilder
         builder = tfds.builder(data_config.name, data_dir=data_config.data_dir or None)
     except tfds.core.registered.DatasetNotFoundError:
         raise DistillError(
-            f"unknown dataset {data_config.name!r}; use 'sklearn_digits' offline or a TFDS name"
-            " such as 'mnist'") from None
+            f"unknown dataset {data_config.name!r}; use {' or '.join(map(repr, BUNDLED))} offline"
+            " or a TFDS name such as 'mnist'") from None
     if data_config.name in BUNDLED:
         builder.download_and_prepare(file_format="array_record")
     return builder

@@ -1,4 +1,4 @@
-"""A BERT encoder (Devlin et al.) laid out like Hugging Face's `BertModel`, for feature distillation.
+"""A BERT encoder (Devlin et al.) laid out like Hugging Face's `BertModel`, for feature KD.
 
 `Bert.__call__(input_ids, attention_mask, train=...)` returns a `BertOutput` with everything a
 distillation method may want: every layer's hidden states, queries, keys, values and attention

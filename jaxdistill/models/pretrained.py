@@ -78,7 +78,8 @@ def bert_config(path: str) -> dict:
     }
     pooling_path = os.path.join(path, "1_Pooling", "config.json")
     if os.path.exists(pooling_path):
-        config["pooling"] = "mean" if _read_json(pooling_path).get("pooling_mode_mean_tokens") else "cls"
+        mean = _read_json(pooling_path).get("pooling_mode_mean_tokens")
+        config["pooling"] = "mean" if mean else "cls"
     modules_path = os.path.join(path, "modules.json")
     if os.path.exists(modules_path):
         config["normalize"] = any(m["type"].endswith("Normalize") for m in _read_json(modules_path))
@@ -139,7 +140,8 @@ def convert(tensors: dict[str, np.ndarray], module: Bert) -> dict:
         if value.shape != leaf.shape:
             raise DistillError(
                 f"tensor {names[path]} has shape {tensors[names[path]].shape}, but config.json"
-                f" implies {leaf.shape} for {'/'.join(path)}; the config does not match the weights")
+                f" implies {leaf.shape} for {'/'.join(path)}; the config does not match the"
+                " weights")
         flat[path] = value
     return flax.traverse_util.unflatten_dict(flat)
 

@@ -79,7 +79,8 @@ def _rows(scale: str, workdir: str, seeds: int, load: ConfigLoader) -> list[Row]
         # The teacher scored against itself: a student that copies all six layers.
         teacher = _config(load, scale, seed, tuple(range(6)), "minilm")
         teacher.total_steps = 0
-        results.setdefault("teacher", []).append(_evaluate(teacher, os.path.join(seed_dir, "teacher")))
+        results.setdefault("teacher", []).append(
+            _evaluate(teacher, os.path.join(seed_dir, "teacher")))
         for depth, layers in STUDENT_LAYERS.items():
             untrained = _config(load, scale, seed, layers, "minilm")
             untrained.total_steps = 0

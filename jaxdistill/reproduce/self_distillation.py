@@ -55,7 +55,8 @@ def _rows(scale: str, workdir: str, seeds: int, load: ConfigLoader) -> list[Row]
         config.seed = 100 * seed
         results.setdefault("pskd", []).append(_evaluate(config, os.path.join(seed_dir, "pskd")))
     notes = {"born_again_gen0": "trained from labels: the baseline of every row",
-             "born_again_gen1": "τ = 1, α = 1 (the paper's loss)", "born_again_t4_gen1": "τ = 4, α = 1",
+             "born_again_gen1": "τ = 1, α = 1 (the paper's loss)",
+             "born_again_t4_gen1": "τ = 4, α = 1",
              "pskd": "α_T = 0.8"}
     return [Row(name, [e["accuracy"] for e in evals], None, notes.get(name, ""),
                 {"train_nll": [e["train_nll"] for e in evals]})
@@ -69,7 +70,8 @@ def _notes(scale: str, rows: list[Row]) -> str:
     for name, values in by_name.items():
         if name != "born_again_gen0":
             gap = values - baseline
-            lines.append(f"{name} minus generation 0, per seed: {', '.join(f'{g:+.4f}' for g in gap)}"
+            per_seed = ", ".join(f"{g:+.4f}" for g in gap)
+            lines.append(f"{name} minus generation 0, per seed: {per_seed}"
                          f" (mean {gap.mean():+.4f}; ahead on {int(np.sum(gap > 0))} of {len(gap)}"
                          " seeds).")
     lines.append("Generation k of seed s is initialised with seed 100·s + k (a fresh network);"
