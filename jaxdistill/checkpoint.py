@@ -1,8 +1,10 @@
-"""Orbax checkpoints: the student's DistillState and the data iterator, never the teacher.
+"""Orbax checkpoints: the student's DistillState, never the teacher.
 
 A run directory holds `config.json` (the run's full config) and `checkpoints/` (an orbax
 CheckpointManager). Orbax only lists finalized steps, so an interrupted save never shadows the
-last good checkpoint, and the loop saves only after it has checked that the loss is finite.
+last good checkpoint, and the loop saves only after it has checked that the loss is finite. The
+data position is the step (see `data.train_iterator`), so a checkpoint holds arrays only and any
+process count can resume it: orbax restores each array into the new run's sharding.
 """
 
 from __future__ import annotations
@@ -10,7 +12,6 @@ from __future__ import annotations
 import json
 import os
 
-import grain
 import jax
 import ml_collections
 import orbax.checkpoint as ocp
@@ -25,7 +26,7 @@ def _restore_args(abstract_tree):
 
 
 class Checkpointer:
-    """Saves and restores `state` + `data` items under WORKDIR/checkpoints."""
+    """Saves and restores the `state` item under WORKDIR/checkpoints."""
 
     def __init__(self, workdir: str, checkpoint_config: ml_collections.ConfigDict):
         self.manager = ocp.CheckpointManager(
@@ -40,17 +41,15 @@ class Checkpointer:
     def latest_step(self) -> int | None:
         return self.manager.latest_step()
 
-    def save(self, step: int, state, data_iterator: grain.DatasetIterator) -> None:
+    def save(self, step: int, state) -> None:
         self.manager.save(step, force=True, args=ocp.args.Composite(
-            state=ocp.args.PyTreeSave(state),
-            data=grain.checkpoint.CheckpointSave(data_iterator)))
+            state=ocp.args.PyTreeSave(state)))
 
-    def restore(self, step: int, abstract_state, data_iterator: grain.DatasetIterator):
+    def restore(self, step: int, abstract_state):
         """Restores into `abstract_state`'s shardings (which may differ from the saving run's)."""
         restored = self.manager.restore(step, args=ocp.args.Composite(
             state=ocp.args.PyTreeRestore(item=abstract_state,
-                                         restore_args=_restore_args(abstract_state)),
-            data=grain.checkpoint.CheckpointRestore(data_iterator)))
+                                         restore_args=_restore_args(abstract_state))))
         return restored.state
 
     def wait(self) -> None:

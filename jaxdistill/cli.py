@@ -1,6 +1,8 @@
 """The `jaxdistill` command.
 
     jaxdistill train --config configs/NAME.py[:ARG] --workdir DIR [--config.a.b=VALUE ...]
+        [--distributed auto|on|off] [--coordinator_address HOST:PORT --num_processes N
+         --process_id I]
     jaxdistill reproduce NAME --scale {smoke,local,paper} [--out DIR] [--seeds N] [--data_dir DIR]
     jaxdistill reproduce --list
 
@@ -30,6 +32,10 @@ def _train_parser() -> argparse.ArgumentParser:
     parser.add_argument("--workdir", required=True, help="run directory; resumed when it exists")
     parser.add_argument("--stop_after_steps", type=int, default=None,
                         help="checkpoint and stop after this many steps of this invocation")
+    parser.add_argument("--distributed", choices=("auto", "on", "off"), default="auto",
+                        help="join a multi-process run: auto (when the flags below are given or"
+                             " SLURM / a TPU slice starts several processes), on (JAX detects"
+                             " the cluster), off")
     parser.add_argument("--coordinator_address", default=None, help="HOST:PORT of process 0")
     parser.add_argument("--num_processes", type=int, default=None)
     parser.add_argument("--process_id", type=int, default=None)
@@ -57,11 +63,10 @@ def _parse_config(spec: str, overrides: list[str]):
 def _train(argv: list[str]) -> None:
     args, overrides = _train_parser().parse_known_args(argv)
     config = _parse_config(args.config, overrides)
-    if args.coordinator_address or args.num_processes:
-        import jax
+    from jaxdistill import distributed, train
 
-        jax.distributed.initialize(args.coordinator_address, args.num_processes, args.process_id)
-    from jaxdistill import train
+    distributed.initialize(args.distributed, args.coordinator_address, args.num_processes,
+                           args.process_id)
 
     train.train_and_evaluate(config, args.workdir, stop_after_steps=args.stop_after_steps,
                              progress=not args.no_progress)

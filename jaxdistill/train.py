@@ -3,7 +3,8 @@
 Resumes from the newest checkpoint in WORKDIR, logs to metrics.jsonl and TensorBoard, evaluates
 every `eval_every` steps, and checkpoints every `checkpoint.every_steps` steps and at the end.
 Losses are checked for NaN/Inf before every save, so a run that diverges stops with the step
-number and leaves its last good checkpoint intact.
+number and leaves its last good checkpoint intact. On SIGTERM (preemption) every process stops
+at one agreed step, saves it and returns; the same command resumes exactly there.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ import numpy as np
 import tensorboardX
 import tqdm
 
-from jaxdistill import checkpoint, config as config_lib, data, evaluate, methods
+from jaxdistill import checkpoint, config as config_lib, data, distributed, evaluate, methods
 from jaxdistill.errors import NonFiniteLossError
 from jaxdistill.run import Run, build
 
@@ -94,6 +95,8 @@ def _print_summary(summary: dict, memory: dict[str, int]) -> None:
     lines = [f"{summary['workdir']}: method {summary['method']}, step {summary['step']}"
              f" of {summary['total_steps']}, {summary['wall_s']:.1f} s"
              f" ({summary['steps_per_s']:.1f} steps/s)"]
+    if summary["preempted"]:
+        lines.append(f"  preempted: saved step {summary['step']}; the same command resumes there")
     if summary["train"]:
         lines.append(f"  train loss {summary['train']['loss']:.4f}")
     for split, metrics in summary["eval"].items():
@@ -113,36 +116,42 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
     run = build(config, devices=devices)
     checkpoint.write_config(workdir, config)
     checkpointer = checkpoint.Checkpointer(workdir, config.checkpoint)
-    data_iterator = data.train_iterator(config.data, config.batch_size, config.seed)
     last_good = checkpointer.latest_step()
     state = (run.init() if last_good is None
-             else checkpointer.restore(last_good, run.abstract_state(), data_iterator))
+             else checkpointer.restore(last_good, run.abstract_state()))
     start = int(state.step)
     end = config.total_steps if stop_after_steps is None else min(
         config.total_steps, start + stop_after_steps)
+    data_iterator = data.train_iterator(config.data, config.batch_size, config.seed,
+                                        start_batch=start)
     writer = MetricWriter(workdir)
     bar = tqdm.tqdm(total=config.total_steps, initial=start, unit="step", dynamic_ncols=True,
                     desc=os.path.basename(os.path.normpath(workdir)),
                     disable=not progress or jax.process_index() != 0)
-    pending, train_metrics, eval_metrics = [], {}, {}
+    pending, train_metrics, eval_metrics, preempted = [], {}, {}, False
     started = time.perf_counter()
     try:
-        for step in range(start + 1, end + 1):
-            state, metrics = run.train_step(state, run.shard_batch(next(data_iterator)))
-            pending.append((step, metrics))
-            is_last = step == end
-            save = step % config.checkpoint.every_steps == 0 or is_last
-            if step % config.log_every == 0 or save or is_last:
-                train_metrics = _checked(pending, workdir, last_good)
-                writer.write(step, train_metrics)
-                bar.set_postfix(loss=f"{train_metrics['loss']:.4f}", refresh=False)
-            if step % config.eval_every == 0 or step == config.total_steps:
-                eval_metrics = _evaluate_all(run, state, writer, step)
-            if save:
-                checkpointer.save(step, state, data_iterator)
-                last_good = step
-            bar.update(1)
-        if not eval_metrics:  # nothing left to train: report the restored state
+        with distributed.PreemptionWatch() as preemption:
+            for step in range(start + 1, end + 1):
+                state, metrics = run.train_step(state, run.shard_batch(next(data_iterator)))
+                pending.append((step, metrics))
+                preempted = preemption.stop(step)
+                is_last = step == end or preempted
+                save = step % config.checkpoint.every_steps == 0 or is_last
+                if step % config.log_every == 0 or save:
+                    train_metrics = _checked(pending, workdir, last_good)
+                    writer.write(step, train_metrics)
+                    bar.set_postfix(loss=f"{train_metrics['loss']:.4f}", refresh=False)
+                if not preempted and (step % config.eval_every == 0
+                                      or step == config.total_steps):
+                    eval_metrics = _evaluate_all(run, state, writer, step)
+                if save:
+                    checkpointer.save(step, state)
+                    last_good = step
+                bar.update(1)
+                if preempted:
+                    break
+        if not eval_metrics and not preempted:  # nothing left to train: report the restored state
             eval_metrics = _evaluate_all(run, state, writer, start)
     finally:
         bar.close()
@@ -151,7 +160,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
     wall = time.perf_counter() - started
     summary = {"workdir": workdir, "method": config.method, "step": int(state.step),
                "total_steps": config.total_steps, "wall_s": wall,
-               "steps_per_s": (end - start) / wall if end > start else 0.0,
+               "steps_per_s": (int(state.step) - start) / wall if state.step > start else 0.0,
+               "preempted": preempted,
                "train": train_metrics, "eval": eval_metrics}
     _print_summary(summary, run.memory_report())
     return summary

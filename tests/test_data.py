@@ -73,14 +73,12 @@ def test_each_process_reads_only_its_rows_of_the_global_batch(digits, monkeypatc
         data.train_iterator(digits, 63, seed=0)
 
 
-def test_iterator_state_restores_the_stream(digits):
+def test_stream_restarts_at_any_batch(digits):
     iterator = data.train_iterator(digits, 32, seed=0)
     _take(iterator, 41)  # past the end of the first epoch (1257 / 32 < 40)
-    state = iterator.get_state()
     expected = _take(iterator, 2)
-    restored = data.train_iterator(digits, 32, seed=0)
-    restored.set_state(state)
-    for a, b in zip(expected, _take(restored, 2)):
+    restarted = data.train_iterator(digits, 32, seed=0, start_batch=41)
+    for a, b in zip(expected, _take(restarted, 2)):
         np.testing.assert_array_equal(a["image"], b["image"])
 
 

@@ -73,7 +73,7 @@ def test_teacher_is_frozen_and_not_checkpointed(smoke_config, teacher_dir, tmp_p
     first_moment = optax.tree_utils.tree_get(state.opt_state, "mu")
     assert jax.tree.structure(first_moment) == jax.tree.structure(state.params)
     saver = checkpoint.Checkpointer(str(tmp_path), config.checkpoint)
-    saver.save(5, state, batches)
+    saver.save(5, state)
     saver.close()
     manager = ocp.CheckpointManager(str(tmp_path / "checkpoints"))
     saved = manager.restore(5, args=ocp.args.Composite(state=ocp.args.PyTreeRestore())).state

@@ -180,20 +180,21 @@ class EpochShuffle:
 
 
 def train_iterator(
-    data_config: ml_collections.ConfigDict, global_batch_size: int, seed: int
+    data_config: ml_collections.ConfigDict, global_batch_size: int, seed: int,
+    start_batch: int = 0,
 ) -> grain.DatasetIterator:
-    """This process's rows of an endless, seeded, checkpointable stream of global batches.
+    """This process's rows of an endless, seeded stream of global batches, from `start_batch`.
 
     Global batch k is positions [k·B, (k+1)·B) of the shuffled stream whatever the process count;
     process p reads only rows [p·L, (p+1)·L) of it (L = B / processes), so layouts with different
-    process counts see the same examples in the same row order. The iterator's state (the next
-    batch index) goes into every checkpoint.
+    process counts see the same examples in the same row order. Step k trains on batch k - 1, so
+    a resumed run starts at its checkpoint's step and checkpoints need no per-process data state.
     """
     local = _local_batch_size(global_batch_size)
     rows = jax.process_index() * local + np.arange(local)
     num_examples, read = reader(data_config, data_config.train_split)
     shuffle = EpochShuffle(num_examples, seed)
-    batches = grain.MapDataset.range(sys.maxsize // global_batch_size).map(
+    batches = grain.MapDataset.range(start_batch, sys.maxsize // global_batch_size).map(
         lambda k: read(shuffle(k * global_batch_size + rows)))
     return batches.to_iter_dataset().__iter__()
 

@@ -1,0 +1,112 @@
+"""Real multi-process runs: 2 processes × 4 CPU devices joined by jax.distributed over localhost.
+
+Each process is a `jaxdistill train` command (gloo CPU collectives), as a launch script starts
+it on each host of a TPU slice or SLURM job; the in-process 1 × 8-device run is the reference.
+"""
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+
+import pytest
+
+from jaxdistill import checkpoint, distributed, train
+from jaxdistill.errors import DistillError
+
+pytestmark = pytest.mark.slow
+
+SETTINGS = {"total_steps": 60, "log_every": 10, "eval_every": 1000, "student.dropout": 0.1,
+            "checkpoint.every_steps": 30, "checkpoint.async_save": False}
+
+
+def _losses(workdir) -> dict[int, float]:
+    with open(os.path.join(workdir, "metrics.jsonl")) as f:
+        records = [json.loads(line) for line in f]
+    return {r["step"]: r["loss"] for r in records if "split" not in r}
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("localhost", 0))
+        return s.getsockname()[1]
+
+
+def _start(workdir, data_dir, teacher_dir, settings, processes=2, devices_per_process=4):
+    """Starts one `jaxdistill train` per process; returns the Popen handles."""
+    port = _free_port()
+    env = {**os.environ, "JAX_PLATFORMS": "cpu",
+           "XLA_FLAGS": f"--xla_force_host_platform_device_count={devices_per_process}"}
+    overrides = [f"--config.{key}={value}" for key, value in settings.items()]
+    command = [sys.executable, "-m", "jaxdistill.cli", "train", "--config", "hinton_kd_digits:smoke",
+               "--workdir", str(workdir), "--no_progress", f"--config.data.data_dir={data_dir}",
+               f"--config.teacher.checkpoint={teacher_dir}", *overrides,
+               "--coordinator_address", f"localhost:{port}", "--num_processes", str(processes)]
+    return [subprocess.Popen(command + ["--process_id", str(i)], env=env, text=True,
+                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+            for i in range(processes)]
+
+
+def _finish(processes, timeout=300) -> list[str]:
+    outputs = [p.communicate(timeout=timeout)[0] for p in processes]
+    for process, output in zip(processes, outputs):
+        assert process.returncode == 0, output[-3000:]
+    return outputs
+
+
+def _reference(smoke_config, teacher_dir, workdir, settings):
+    config = smoke_config("hinton_kd_digits")
+    config.teacher.checkpoint = teacher_dir
+    for key, value in settings.items():
+        node, _, leaf = key.rpartition(".")
+        (config[node] if node else config)[leaf] = value
+    train.train_and_evaluate(config, str(workdir), progress=False)
+    return config
+
+
+def test_two_processes_train_the_curve_of_one(smoke_config, data_dir, teacher_dir, tmp_path):
+    outputs = _finish(_start(tmp_path / "two", data_dir, teacher_dir, SETTINGS))
+    assert "step 60 of 60" in outputs[0] and "step 60" not in outputs[1]  # process 0 reports
+    config = _reference(smoke_config, teacher_dir, tmp_path / "one", SETTINGS)
+    two, one = _losses(tmp_path / "two"), _losses(tmp_path / "one")
+    assert two.keys() == one.keys()
+    assert abs(two[60] - one[60]) / abs(one[60]) < 1e-3
+    # The 2-process checkpoint resumes in this single process (8 devices) and trains on.
+    config.total_steps = 90
+    resumed = train.train_and_evaluate(config, str(tmp_path / "two"), progress=False)
+    assert resumed["step"] == 90 and _losses(tmp_path / "two")[90] > 0
+
+
+def test_sigterm_saves_an_agreed_step_and_the_run_resumes_exactly(
+        smoke_config, data_dir, teacher_dir, tmp_path):
+    settings = {**SETTINGS, "total_steps": 3000, "checkpoint.every_steps": 1000}
+    processes = _start(tmp_path / "preempted", data_dir, teacher_dir, settings)
+    metrics = tmp_path / "preempted" / "metrics.jsonl"
+    deadline = time.time() + 240
+    while not (metrics.exists() and len(metrics.read_text().splitlines()) >= 3):
+        assert time.time() < deadline and all(p.poll() is None for p in processes)
+        time.sleep(0.2)
+    processes[1].send_signal(signal.SIGTERM)  # one host's maintenance notice stops both
+    outputs = _finish(processes)
+    saved = checkpoint.Checkpointer(str(tmp_path / "preempted"), smoke_config(
+        "hinton_kd_digits").checkpoint).latest_step()
+    assert saved is not None and 30 <= saved < 3000, outputs[0][-2000:]
+    assert f"preempted: saved step {saved}" in outputs[0]
+    # Resumed by a single process, the curve is the uninterrupted one.
+    config = _reference(smoke_config, teacher_dir, tmp_path / "straight", settings)
+    train.train_and_evaluate(config, str(tmp_path / "preempted"), progress=False)
+    resumed, straight = _losses(tmp_path / "preempted"), _losses(tmp_path / "straight")
+    assert resumed.keys() >= straight.keys()
+    for step in straight:
+        assert abs(resumed[step] - straight[step]) / abs(straight[step]) < 1e-3, step
+
+
+def test_incomplete_coordinates_are_refused():
+    with pytest.raises(DistillError, match="go together"):
+        distributed.initialize("auto", "localhost:1234", None, None)
+    with pytest.raises(DistillError, match="unknown --distributed"):
+        distributed.initialize("sometimes")
+    assert distributed.initialize("auto") is False  # a lone process outside any cluster
