@@ -44,7 +44,9 @@ def base() -> ml_collections.ConfigDict:
         "name": "adamw", "lr": 1e-3, "schedule": "cosine", "warmup_steps": 0, "b1": 0.9,
         "b2": 0.999, "weight_decay": 0.0, "momentum": 0.9, "nesterov": False,
         "grad_clip_norm": 0.0})
-    c.mesh = ml_collections.ConfigDict({"data": -1, "fsdp": 1, "tensor": 1})
+    # device_memory_gib: what one device holds; 0 asks the device (accelerators report it).
+    c.mesh = ml_collections.ConfigDict(
+        {"data": -1, "fsdp": 1, "tensor": 1, "device_memory_gib": 0.0})
     # Logical parameter axis -> mesh axes. The teacher is inference-only, so it may use another
     # layout (e.g. fully sharded) than the student.
     rules = (("embed", "fsdp"), ("mlp", "tensor"), ("mlp_in", "fsdp"), ("classes", None),

@@ -37,6 +37,7 @@ class Run:
     teacher_params: Any
     optimizer: optax.GradientTransformation
     lr_schedule: optax.Schedule
+    loss_fn: methods.LossFn
     state_shardings: Any
     _init: Any
     _train_step: Any
@@ -64,8 +65,13 @@ class Run:
     def shard_batch(self, local_batch: dict) -> dict:
         return sharding.shard_batch(local_batch, self.mesh)
 
-    def memory_report(self) -> dict[str, int]:
-        """Bytes per device of each component, teacher accounted separately from the student."""
+    def memory_report(self, batch: dict | None = None) -> dict[str, int]:
+        """Bytes per device of each component, teacher accounted separately from the student.
+
+        Given a (global) train `batch`, adds the step's transient memory, estimated by tracing
+        (nothing compiles): the gradients, and the activations its backward pass keeps (the
+        residuals of the loss's VJP that carry the batch axis, split over the batch shards).
+        """
         abstract = self.abstract_state()
         report = {
             "student_params": _bytes_per_device(abstract.params),
@@ -74,7 +80,51 @@ class Run:
             "snapshot_params": _bytes_per_device(abstract.snapshot_params),
             "teacher_params": _bytes_per_device(self.teacher_params),
         }
+        if batch is not None:
+            report["gradients"] = report["student_params"]
+            report["activations"] = self._activation_bytes(abstract, batch)
         return report
+
+    def _activation_bytes(self, abstract, batch: dict) -> int:
+        def residuals(params, teacher_params, batch):
+            loss = lambda p: self.loss_fn(p, teacher_params, batch, jax.random.key(0), 0)[0]
+            return jax.vjp(loss, params)[1]
+
+        teacher_params = (abstract.snapshot_params if abstract.snapshot_params is not None
+                          else self.teacher_params)
+        leaves = jax.tree.leaves(jax.eval_shape(residuals, abstract.params, teacher_params, batch))
+        global_batch = len(jax.tree.leaves(batch)[0])
+        shards = self.mesh.shape["data"] * self.mesh.shape["fsdp"]
+        return sum(math.prod(x.shape) * x.dtype.itemsize // shards
+                   for x in leaves if x.ndim and x.shape[0] == global_batch)
+
+    def check_memory(self, report: dict[str, int]) -> None:
+        """Refuses, before anything compiles, a layout whose estimate exceeds a device's memory."""
+        limit = _device_memory_bytes(self.mesh, self.config.mesh.device_memory_gib)
+        total = sum(report.values())
+        if limit is None or total <= limit:
+            return
+        raise DistillError(
+            f"this layout needs about {format_bytes(total)} per device"
+            f" ({format_memory(report)}) but a device has {format_bytes(limit)}; shard the student over more devices (config.mesh.fsdp,"
+            " config.mesh.tensor), shard the teacher too (config.sharding.teacher), or lower"
+            " config.batch_size")
+
+
+def format_bytes(size: int) -> str:
+    return f"{size / 2**30:.2f} GiB" if size >= 2**30 else f"{size / 2**20:.2f} MiB"
+
+
+def format_memory(report: dict[str, int]) -> str:
+    return ", ".join(f"{name} {format_bytes(size)}" for name, size in report.items() if size)
+
+
+def _device_memory_bytes(mesh, configured_gib: float) -> int | None:
+    """config.mesh.device_memory_gib when set, else what the device reports (CPUs report none)."""
+    if configured_gib:
+        return int(configured_gib * 2**30)
+    stats = mesh.devices.flat[0].memory_stats() or {}
+    return stats.get("bytes_limit")
 
 
 def _bytes_per_device(tree) -> int:
@@ -218,7 +268,7 @@ def build(config: ml_collections.ConfigDict, *,
     return Run(
         config=config, dataset=dataset, mesh=mesh, method=method, student=student, teacher=teacher,
         teacher_params=teacher_params, optimizer=optimizer, lr_schedule=lr_schedule,
-        state_shardings=state_shardings,
+        loss_fn=loss_fn, state_shardings=state_shardings,
         _init=jax.jit(init_state, in_shardings=(None, teacher_shardings),
                       out_shardings=state_shardings),
         _train_step=train_step, _eval_step=eval_step,

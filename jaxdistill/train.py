@@ -9,6 +9,7 @@ at one agreed step, saves it and returns; the same command resumes exactly there
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import time
@@ -21,7 +22,7 @@ import tqdm
 
 from jaxdistill import checkpoint, config as config_lib, data, distributed, evaluate, methods
 from jaxdistill.errors import NonFiniteLossError
-from jaxdistill.run import Run, build
+from jaxdistill.run import Run, build, format_bytes, format_memory
 
 
 class MetricWriter:
@@ -89,7 +90,13 @@ def _evaluate_all(run: Run, state, writer: MetricWriter, step: int) -> dict:
     return results
 
 
-def _print_summary(summary: dict, memory: dict[str, int]) -> None:
+def _print_memory(memory: dict[str, int]) -> None:
+    if jax.process_index() == 0:
+        print(f"memory/device (estimate, before compiling): {format_memory(memory)};"
+              f" total {format_bytes(sum(memory.values()))}", flush=True)
+
+
+def _print_summary(summary: dict) -> None:
     if jax.process_index() != 0:
         return
     lines = [f"{summary['workdir']}: method {summary['method']}, step {summary['step']}"
@@ -103,8 +110,6 @@ def _print_summary(summary: dict, memory: dict[str, int]) -> None:
         values = ", ".join(f"{key.replace('_', ' ')} {value:.4f}"
                            for key, value in metrics.items() if key != "examples")
         lines.append(f"  {split:<10} {values} ({metrics['examples']} examples)")
-    lines.append("  memory/device " + ", ".join(
-        f"{name} {size / 2**20:.2f} MiB" for name, size in memory.items() if size))
     print("\n".join(lines), flush=True)
 
 
@@ -117,13 +122,18 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
     checkpoint.write_config(workdir, config)
     checkpointer = checkpoint.Checkpointer(workdir, config.checkpoint)
     last_good = checkpointer.latest_step()
+    start = last_good or 0
+    batches = (run.shard_batch(local) for local in data.train_iterator(
+        config.data, config.batch_size, config.seed, start_batch=start))
+    first_batch = next(batches)
+    memory = run.memory_report(first_batch)
+    _print_memory(memory)
+    run.check_memory(memory)
+    batches = itertools.chain([first_batch], batches)
     state = (run.init() if last_good is None
              else checkpointer.restore(last_good, run.abstract_state()))
-    start = int(state.step)
     end = config.total_steps if stop_after_steps is None else min(
         config.total_steps, start + stop_after_steps)
-    data_iterator = data.train_iterator(config.data, config.batch_size, config.seed,
-                                        start_batch=start)
     writer = MetricWriter(workdir)
     bar = tqdm.tqdm(total=config.total_steps, initial=start, unit="step", dynamic_ncols=True,
                     desc=os.path.basename(os.path.normpath(workdir)),
@@ -133,7 +143,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
     try:
         with distributed.PreemptionWatch() as preemption:
             for step in range(start + 1, end + 1):
-                state, metrics = run.train_step(state, run.shard_batch(next(data_iterator)))
+                state, metrics = run.train_step(state, next(batches))
                 pending.append((step, metrics))
                 preempted = preemption.stop(step)
                 is_last = step == end or preempted
@@ -162,6 +172,6 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
                "total_steps": config.total_steps, "wall_s": wall,
                "steps_per_s": (int(state.step) - start) / wall if state.step > start else 0.0,
                "preempted": preempted,
-               "train": train_metrics, "eval": eval_metrics}
-    _print_summary(summary, run.memory_report())
+               "train": train_metrics, "eval": eval_metrics, "memory": memory}
+    _print_summary(summary)
     return summary

@@ -10,7 +10,7 @@ import orbax.checkpoint as ocp
 import pytest
 
 from jaxdistill import checkpoint, data, train
-from jaxdistill.errors import NonFiniteLossError
+from jaxdistill.errors import DistillError, NonFiniteLossError
 from jaxdistill.run import build
 
 
@@ -125,3 +125,24 @@ def test_nan_loss_stops_with_the_step_and_keeps_the_last_good_checkpoint(
     assert manager.latest_step() == failed_at - 1
     restored = checkpoint.load_params(str(tmp_path), build(config).abstract_state().params)
     assert all(np.isfinite(np.asarray(x)).all() for x in jax.tree.leaves(restored))
+
+
+def test_memory_estimate_splits_activations_over_batch_shards(smoke_config, teacher_dir):
+    config = _kd_config(smoke_config, teacher_dir)
+    estimates = []
+    for devices in (jax.devices()[:1], jax.devices()):
+        run = build(config, devices=devices)
+        batch = run.shard_batch(next(data.train_iterator(config.data, config.batch_size, 0)))
+        estimates.append(run.memory_report(batch))
+    one, eight = estimates
+    assert one["activations"] > 0 and one["activations"] == 8 * eight["activations"]
+    assert one["gradients"] == one["student_params"] > 0
+    assert one["teacher_params"] == eight["teacher_params"] > 0  # replicated by the default rules
+
+
+def test_layout_that_cannot_fit_is_refused_before_training(smoke_config, teacher_dir, tmp_path):
+    config = _kd_config(smoke_config, teacher_dir)
+    config.mesh.device_memory_gib = 2**-20  # 1 KiB devices
+    with pytest.raises(DistillError, match=r"needs about .*B per device .*config\.mesh\.fsdp"):
+        train.train_and_evaluate(config, str(tmp_path), progress=False)
+    assert not os.listdir(tmp_path / "checkpoints")
