@@ -40,6 +40,9 @@ def _train_parser() -> argparse.ArgumentParser:
     parser.add_argument("--num_processes", type=int, default=None)
     parser.add_argument("--process_id", type=int, default=None)
     parser.add_argument("--no_progress", action="store_true", help="hide the progress bar")
+    parser.add_argument("--preempted_exit_code", type=int, default=0,
+                        help="exit status after a SIGTERM stop was saved (0; launchers that"
+                             " restart failed workers, like a GKE JobSet, use 75)")
     return parser
 
 
@@ -68,8 +71,10 @@ def _train(argv: list[str]) -> None:
     distributed.initialize(args.distributed, args.coordinator_address, args.num_processes,
                            args.process_id)
 
-    train.train_and_evaluate(config, args.workdir, stop_after_steps=args.stop_after_steps,
-                             progress=not args.no_progress)
+    summary = train.train_and_evaluate(config, args.workdir, stop_after_steps=args.stop_after_steps,
+                                       progress=not args.no_progress)
+    if summary["preempted"]:
+        sys.exit(args.preempted_exit_code)
 
 
 def _reproduce(argv: list[str]) -> None:

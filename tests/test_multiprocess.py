@@ -12,6 +12,7 @@ import subprocess
 import sys
 import time
 
+import ml_collections
 import pytest
 
 from jaxdistill import checkpoint, distributed, train
@@ -35,19 +36,31 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _start(workdir, data_dir, teacher_dir, settings, processes=2, devices_per_process=4):
+def _start(workdir, data_dir, teacher_dir, settings, processes=2, devices_per_process=4,
+           extra_args=()):
     """Starts one `jaxdistill train` per process; returns the Popen handles."""
-    port = _free_port()
     env = {**os.environ, "JAX_PLATFORMS": "cpu",
            "XLA_FLAGS": f"--xla_force_host_platform_device_count={devices_per_process}"}
     overrides = [f"--config.{key}={value}" for key, value in settings.items()]
     command = [sys.executable, "-m", "jaxdistill.cli", "train", "--config", "hinton_kd_digits:smoke",
                "--workdir", str(workdir), "--no_progress", f"--config.data.data_dir={data_dir}",
-               f"--config.teacher.checkpoint={teacher_dir}", *overrides,
-               "--coordinator_address", f"localhost:{port}", "--num_processes", str(processes)]
+               f"--config.teacher.checkpoint={teacher_dir}", *overrides, *extra_args]
+    if processes == 1:
+        return [subprocess.Popen(command, env=env, text=True, stdout=subprocess.PIPE,
+                                 stderr=subprocess.STDOUT)]
+    command += ["--coordinator_address", f"localhost:{_free_port()}",
+                "--num_processes", str(processes)]
     return [subprocess.Popen(command + ["--process_id", str(i)], env=env, text=True,
                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
             for i in range(processes)]
+
+
+def _wait_for_logged_steps(workdir, processes, lines=3, timeout=240):
+    metrics = workdir / "metrics.jsonl"
+    deadline = time.time() + timeout
+    while not (metrics.exists() and len(metrics.read_text().splitlines()) >= lines):
+        assert time.time() < deadline and all(p.poll() is None for p in processes)
+        time.sleep(0.2)
 
 
 def _finish(processes, timeout=300) -> list[str]:
@@ -84,11 +97,7 @@ def test_sigterm_saves_an_agreed_step_and_the_run_resumes_exactly(
         smoke_config, data_dir, teacher_dir, tmp_path):
     settings = {**SETTINGS, "total_steps": 3000, "checkpoint.every_steps": 1000}
     processes = _start(tmp_path / "preempted", data_dir, teacher_dir, settings)
-    metrics = tmp_path / "preempted" / "metrics.jsonl"
-    deadline = time.time() + 240
-    while not (metrics.exists() and len(metrics.read_text().splitlines()) >= 3):
-        assert time.time() < deadline and all(p.poll() is None for p in processes)
-        time.sleep(0.2)
+    _wait_for_logged_steps(tmp_path / "preempted", processes)
     processes[1].send_signal(signal.SIGTERM)  # one host's maintenance notice stops both
     outputs = _finish(processes)
     saved = checkpoint.Checkpointer(str(tmp_path / "preempted"), smoke_config(
@@ -102,6 +111,21 @@ def test_sigterm_saves_an_agreed_step_and_the_run_resumes_exactly(
     assert resumed.keys() >= straight.keys()
     for step in straight:
         assert abs(resumed[step] - straight[step]) / abs(straight[step]) < 1e-3, step
+
+
+def test_a_single_process_saves_on_sigterm_and_exits_with_the_requested_status(
+        data_dir, teacher_dir, tmp_path):
+    settings = {**SETTINGS, "total_steps": 100000, "checkpoint.every_steps": 100000}
+    process, = _start(tmp_path, data_dir, teacher_dir, settings, processes=1,
+                      devices_per_process=8, extra_args=["--preempted_exit_code=75"])
+    _wait_for_logged_steps(tmp_path, [process])
+    process.send_signal(signal.SIGTERM)
+    output = process.communicate(timeout=120)[0]
+    assert process.returncode == 75, output[-2000:]
+    saved = checkpoint.Checkpointer(str(tmp_path), ml_collections.ConfigDict(
+        {"keep": 1, "async_save": False})).latest_step()
+    assert saved is not None and 30 <= saved < 100000
+    assert f"preempted: saved step {saved}" in output
 
 
 def test_incomplete_coordinates_are_refused():
