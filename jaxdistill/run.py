@@ -98,6 +98,13 @@ class Run:
         return sum(math.prod(x.shape) * x.dtype.itemsize // shards
                    for x in leaves if x.ndim and x.shape[0] == global_batch)
 
+    def compiled_memory(self, state, batch) -> dict[str, int]:
+        """XLA's memory analysis of the compiled train step, per device (compiles it)."""
+        analysis = self._train_step.lower(state, self.teacher_params, batch).compile()
+        stats = analysis.memory_analysis()
+        return {"arguments": stats.argument_size_in_bytes, "outputs": stats.output_size_in_bytes,
+                "temporaries": stats.temp_size_in_bytes}
+
     def check_memory(self, report: dict[str, int]) -> None:
         """Refuses, before anything compiles, a layout whose estimate exceeds a device's memory."""
         limit = _device_memory_bytes(self.mesh, self.config.mesh.device_memory_gib)

@@ -113,6 +113,18 @@ def _print_summary(summary: dict) -> None:
     print("\n".join(lines), flush=True)
 
 
+def _batches_within_memory(run: Run, start: int):
+    """The global batches from step `start`, once the first has shown that the layout fits."""
+    config = run.config
+    batches = (run.shard_batch(local) for local in data.train_iterator(
+        config.data, config.batch_size, config.seed, start_batch=start))
+    first_batch = next(batches)
+    memory = run.memory_report(first_batch)
+    _print_memory(memory)
+    run.check_memory(memory)
+    return itertools.chain([first_batch], batches), memory
+
+
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
                        stop_after_steps: int | None = None, devices=None,
                        progress: bool = True) -> dict:
@@ -123,13 +135,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
     checkpointer = checkpoint.Checkpointer(workdir, config.checkpoint)
     last_good = checkpointer.latest_step()
     start = last_good or 0
-    batches = (run.shard_batch(local) for local in data.train_iterator(
-        config.data, config.batch_size, config.seed, start_batch=start))
-    first_batch = next(batches)
-    memory = run.memory_report(first_batch)
-    _print_memory(memory)
-    run.check_memory(memory)
-    batches = itertools.chain([first_batch], batches)
+    batches, memory = _batches_within_memory(run, start)
     state = (run.init() if last_good is None
              else checkpointer.restore(last_good, run.abstract_state()))
     end = config.total_steps if stop_after_steps is None else min(
