@@ -115,6 +115,11 @@ def minilm_config(smoke_config):
     return load
 
 
+# The README's example: every teacher weight split along its embedding axis over the whole mesh.
+FSDP_ONLY_TEACHER = (("embed", ("fsdp", "tensor")), ("mlp", None), ("heads", None), ("vocab", None),
+                     ("kv", None), ("position", None), ("token_type", None), ("norm", None),
+                     ("projection", None))
+
 _NARROW_STUDENT = {"student.hidden_size": 128, "student.num_heads": 4, "student.mlp_dim": 256,
                    "student.num_layers": 2, "student_init.teacher_layers": ()}
 
@@ -206,21 +211,26 @@ def test_minilm_config_variants_load():
         assert config.method == "minilm" and config.teacher.pretrained
 
 
-def test_bert_student_shards_over_the_mesh_with_the_same_loss(minilm_config):
-    """data2×fsdp2×tensor2 places heads, MLP and vocabulary on `tensor` and matches 1 device."""
+def _loss_curve(config, devices=None, steps=3):
     from jaxdistill import data
 
+    run = build(config, devices=devices)
+    batches = data.train_iterator(config.data, config.batch_size, 0)
+    state, curve = run.init(), []
+    for _ in range(steps):
+        state, metrics = run.train_step(state, run.shard_batch(next(batches)))
+        curve.append(float(metrics["loss"]))
+    return run, curve
+
+
+def test_bert_student_shards_over_the_mesh_with_the_same_loss(minilm_config):
+    """data2×fsdp2×tensor2 places heads, MLP and vocabulary on `tensor` and matches 1 device."""
     curves = []
     for mesh, devices in (({"data": 1, "fsdp": 1, "tensor": 1}, jax.devices()[:1]),
                           ({"data": 2, "fsdp": 2, "tensor": 2}, None)):
         config = minilm_config()
         config.mesh.update(mesh)
-        run = build(config, devices=devices)
-        batches = data.train_iterator(config.data, config.batch_size, 0)
-        state, curve = run.init(), []
-        for _ in range(3):
-            state, metrics = run.train_step(state, run.shard_batch(next(batches)))
-            curve.append(float(metrics["loss"]))
+        run, curve = _loss_curve(config, devices)
         curves.append(curve)
     specs = jax.tree.map(lambda s: tuple(s.spec), run.state_shardings.params["params"])
     assert specs["layer_0"]["attention"]["query"]["kernel"] == ("fsdp", "tensor", None)
@@ -229,3 +239,17 @@ def test_bert_student_shards_over_the_mesh_with_the_same_loss(minilm_config):
     teacher_kernel = run.teacher_params["params"]["layer_5"]["output"]["kernel"]
     assert tuple(teacher_kernel.sharding.spec) == ("tensor", "fsdp")
     np.testing.assert_allclose(curves[1], curves[0], rtol=1e-4)
+
+
+def test_teacher_takes_its_own_layout(minilm_config):
+    """An inference-only teacher sharded over all 8 devices beside a replicated student."""
+    _, reference = _loss_curve(minilm_config(), jax.devices()[:1])
+    config = minilm_config(**{"mesh.fsdp": 4, "mesh.tensor": 2})
+    config.sharding.student = tuple((axis, None) for axis, _ in config.sharding.student)
+    config.sharding.teacher = FSDP_ONLY_TEACHER
+    run, curve = _loss_curve(config)
+    student = run.state_shardings.params["params"]["layer_0"]["intermediate"]["kernel"]
+    teacher = run.teacher_params["params"]["layer_0"]["intermediate"]["kernel"]
+    assert student.is_fully_replicated
+    assert tuple(teacher.sharding.spec) == (("fsdp", "tensor"), None)
+    np.testing.assert_allclose(curve, reference, rtol=1e-4)
