@@ -21,7 +21,8 @@ MODES = ("auto", "on", "off")
 
 def _multiprocess_environment() -> str | None:
     """The scheduler that started this process as one of several, when it says so plainly."""
-    if int(os.environ.get("SLURM_NTASKS", "1")) > 1 and "SLURM_PROCID" in os.environ:
+    # Set inside an `srun` step only, so a batch script's own shell never waits for peers.
+    if int(os.environ.get("SLURM_STEP_NUM_TASKS", "1")) > 1:
         return "SLURM"
     if "," in os.environ.get("TPU_WORKER_HOSTNAMES", ""):
         return "Cloud TPU (TPU_WORKER_HOSTNAMES)"

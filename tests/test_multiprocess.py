@@ -134,3 +134,21 @@ def test_incomplete_coordinates_are_refused():
     with pytest.raises(DistillError, match="unknown --distributed"):
         distributed.initialize("sometimes")
     assert distributed.initialize("auto") is False  # a lone process outside any cluster
+
+
+@pytest.mark.parametrize("variable, value, joins", [
+    ("SLURM_STEP_NUM_TASKS", "4", True), ("SLURM_STEP_NUM_TASKS", "1", False),
+    ("SLURM_NTASKS", "4", False),  # the batch script's shell, outside any srun step
+    ("TPU_WORKER_HOSTNAMES", "t1k-w-0,t1k-w-1", True), ("TPU_WORKER_HOSTNAMES", "localhost", False),
+])
+def test_auto_joins_when_the_scheduler_started_several_processes(monkeypatch, variable, value,
+                                                                 joins):
+    calls = []
+    monkeypatch.setattr(distributed.jax.distributed, "initialize", lambda *a: calls.append(a))
+    monkeypatch.setattr(distributed.jax.config, "update", lambda *a: None)
+    for name in ("SLURM_STEP_NUM_TASKS", "TPU_WORKER_HOSTNAMES", "MEGASCALE_COORDINATOR_ADDRESS"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv(variable, value)
+    assert distributed.initialize("auto") is joins
+    assert calls == ([(None, None, None)] if joins else [])
+    assert distributed.initialize("off") is False and len(calls) == joins
