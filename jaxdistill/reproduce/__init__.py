@@ -107,11 +107,12 @@ def run(name: str, *, scale: str, out: str, workdir: str | None = None,
                if row.extra else {}),
         } for row in rows],
     }
-    os.makedirs(out, exist_ok=True)
-    markdown = _markdown(experiment, result, rows)
-    for suffix, text in ((".json", json.dumps(result, indent=2) + "\n"), (".md", markdown)):
-        _write_with_latest_link(out, name, scale, suffix, text)
-    print(markdown)
+    if jax.process_index() == 0:  # in a multi-process run, one table
+        os.makedirs(out, exist_ok=True)
+        markdown = _markdown(experiment, result, rows)
+        for suffix, text in ((".json", json.dumps(result, indent=2) + "\n"), (".md", markdown)):
+            _write_with_latest_link(out, name, scale, suffix, text)
+        print(markdown)
     return result
 
 
