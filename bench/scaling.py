@@ -8,7 +8,8 @@ Measured: `minilm_sentences:local` (all-MiniLM-L6-v2 teacher, 3-layer student) o
 CPU devices (XLA_FLAGS=--xla_force_host_platform_device_count=8), with the student and teacher
 replicated (mesh data=8, every logical axis unsharded), fully sharded (fsdp=8), and FSDP ×
 tensor (fsdp=4, tensor=2). For each layout: the engine's per-device estimate (the numbers it
-prints before compiling), XLA's memory analysis of the compiled train step (arguments = state,
+prints before compiling; its activations are split over data × fsdp only, so with tensor > 1
+they are an upper bound), XLA's memory analysis of the compiled train step (arguments = state,
 teacher and batch; temporaries = everything else the step allocates), and the step time (median
 of the repeats, after 2 warm-up steps). The simulated devices share the host's cores, so the
 times show the partitioned programs' overheads, not real speed-ups.

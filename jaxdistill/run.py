@@ -71,6 +71,8 @@ class Run:
         Given a (global) train `batch`, adds the step's transient memory, estimated by tracing
         (nothing compiles): the gradients, and the activations its backward pass keeps (the
         residuals of the loss's VJP that carry the batch axis, split over the batch shards).
+        Tensor parallelism also splits some activations, which this does not see: with
+        mesh.tensor > 1 the activation estimate is an upper bound.
         """
         abstract = self.abstract_state()
         report = {
