@@ -132,7 +132,8 @@ def _device_memory_bytes(mesh, configured_gib: float) -> int | None:
     """config.mesh.device_memory_gib when set, else what the device reports (CPUs report none)."""
     if configured_gib:
         return int(configured_gib * 2**30)
-    stats = mesh.devices.flat[0].memory_stats() or {}
+    local = next(d for d in mesh.devices.flat if d.process_index == jax.process_index())
+    stats = local.memory_stats() or {}
     return stats.get("bytes_limit")
 
 
