@@ -108,7 +108,7 @@ def _measure_layout(name: str, mesh: dict, replicate: bool, args) -> dict:
         jax.block_until_ready((state, metrics))
         times.append((time.perf_counter() - start) / args.steps)
     return {"layout": name, "mesh": mesh, "estimate": estimate, "compiled": compiled,
-            "step_s": statistics.median(times)}
+            "step_s": statistics.median(times), "tokens": config.data.max_length}
 
 
 def measured_table(args) -> tuple[list[str], int]:
@@ -117,7 +117,6 @@ def measured_table(args) -> tuple[list[str], int]:
         ("fsdp", {"data": 1, "fsdp": 8, "tensor": 1}, False),
         ("fsdp + tensor", {"data": 1, "fsdp": 4, "tensor": 2}, False))]
     base = rows[0]
-    tokens = config_lib.load("minilm_sentences:local").data.max_length
     lines = ["| layout | mesh (data, fsdp, tensor) | student params + optimizer | teacher params"
              " | activations (estimate) | compiled arguments | compiled temporaries"
              " | step ms | step time ÷ replicated |",
@@ -132,7 +131,7 @@ def measured_table(args) -> tuple[list[str], int]:
             f" | {estimate['activations'] / MiB:.1f} MiB"
             f" | {compiled['arguments'] / MiB:.1f} MiB | {compiled['temporaries'] / MiB:.1f} MiB"
             f" | {row['step_s'] * 1e3:.0f} | {row['step_s'] / base['step_s']:.2f} |")
-    return lines, tokens
+    return lines, base["tokens"]
 
 
 def model_layout(teacher: LM, student: LM, chip: Chip, devices: int, layout: tuple[int, int, int],

@@ -92,8 +92,7 @@ class Run:
             loss = lambda p: self.loss_fn(p, teacher_params, batch, jax.random.key(0), 0)[0]
             return jax.vjp(loss, params)[1]
 
-        teacher_params = (abstract.snapshot_params if abstract.snapshot_params is not None
-                          else self.teacher_params)
+        teacher_params = step_lib.teaching_params(abstract, self.teacher_params)
         leaves = jax.tree.leaves(jax.eval_shape(residuals, abstract.params, teacher_params, batch))
         global_batch = len(jax.tree.leaves(batch)[0])
         shards = self.mesh.shape["data"] * self.mesh.shape["fsdp"]
@@ -115,9 +114,9 @@ class Run:
             return
         raise DistillError(
             f"this layout needs about {format_bytes(total)} per device"
-            f" ({format_memory(report)}) but a device has {format_bytes(limit)}; shard the student over more devices (config.mesh.fsdp,"
-            " config.mesh.tensor), shard the teacher too (config.sharding.teacher), or lower"
-            " config.batch_size")
+            f" ({format_memory(report)}) but a device has {format_bytes(limit)}; shard the student"
+            " over more devices (config.mesh.fsdp, config.mesh.tensor), shard the teacher too"
+            " (config.sharding.teacher), or lower config.batch_size")
 
 
 def format_bytes(size: int) -> str:

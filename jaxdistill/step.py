@@ -14,6 +14,11 @@ def _epoch(step, steps_per_epoch: float):
     return jnp.floor(step / steps_per_epoch)
 
 
+def teaching_params(state: DistillState, teacher_params):
+    """The params that teach this step: the student's own snapshot when it keeps one."""
+    return state.snapshot_params if state.snapshot_params is not None else teacher_params
+
+
 def make_train_step(loss_fn: LossFn, optimizer: optax.GradientTransformation,
                     lr_schedule: optax.Schedule, ema_decay: float,
                     steps_per_epoch: float | None = None):
@@ -26,10 +31,8 @@ def make_train_step(loss_fn: LossFn, optimizer: optax.GradientTransformation,
     """
 
     def train_step(state: DistillState, teacher_params, batch: dict):
-        if state.snapshot_params is not None:
-            teacher_params = state.snapshot_params
         rng = jax.random.fold_in(state.rng, state.step)
-        teacher_params = jax.lax.stop_gradient(teacher_params)
+        teacher_params = jax.lax.stop_gradient(teaching_params(state, teacher_params))
         (loss, metrics), grads = jax.value_and_grad(loss_fn, has_aux=True)(
             state.params, teacher_params, batch, rng, state.step)
         updates, opt_state = optimizer.update(grads, state.opt_state, state.params)

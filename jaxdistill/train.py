@@ -174,9 +174,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
         checkpointer.close()
         writer.close()
     wall = time.perf_counter() - started
-    summary = {"workdir": workdir, "method": config.method, "step": int(state.step),
+    step = int(state.step)
+    summary = {"workdir": workdir, "method": config.method, "step": step,
                "total_steps": config.total_steps, "wall_s": wall,
-               "steps_per_s": (int(state.step) - start) / wall if state.step > start else 0.0,
+               "steps_per_s": (step - start) / wall,
                "preempted": preempted,
                "train": train_metrics, "eval": eval_metrics, "memory": memory}
     _print_summary(summary)

@@ -104,12 +104,7 @@ def minilm_config(smoke_config):
     def load(**updates):
         config = smoke_config("minilm_sentences")
         config.update({"total_steps": 3, "eval_every": 3})
-        for key, value in updates.items():
-            node = config
-            *parents, leaf = key.split(".")
-            for parent in parents:
-                node = node[parent]
-            node[leaf] = value
+        config.update_from_flattened_dict(updates)
         return config
 
     return load

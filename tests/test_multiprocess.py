@@ -73,9 +73,7 @@ def _finish(processes, timeout=300) -> list[str]:
 def _reference(smoke_config, teacher_dir, workdir, settings):
     config = smoke_config("hinton_kd_digits")
     config.teacher.checkpoint = teacher_dir
-    for key, value in settings.items():
-        node, _, leaf = key.rpartition(".")
-        (config[node] if node else config)[leaf] = value
+    config.update_from_flattened_dict(settings)
     train.train_and_evaluate(config, str(workdir), progress=False)
     return config
 
