@@ -1,4 +1,6 @@
-"""Masked, float32 distances between distributions, shared by training and evaluation.
+"""Masked distances between distributions, shared by training and evaluation.
+
+Computed in float32 whatever the input dtype (float64 inputs stay float64, for references).
 
 P is the teacher's distribution and Q the student's, both `softmax(logits / temperature)`.
 The τ² gradient factor of Hinton KD belongs to the method, not here.
@@ -24,21 +26,15 @@ def _kl(log_a: Array, log_b: Array) -> Array:
     return jnp.sum(a * safe_diff, axis=-1)
 
 
-def _log_mix(weight: float, log_a: Array, log_b: Array) -> Array:
+def log_mix(weight: float, log_a: Array, log_b: Array) -> Array:
     """log(w·a + (1 − w)·b), computed in log space."""
     return jnp.logaddexp(jnp.log(weight) + log_a, jnp.log1p(-weight) + log_b)
 
 
-def _check_args(student_logits, teacher_logits, kind, temperature, beta, alpha, mask):
+def check_divergence_args(kind: str, temperature: float, beta: float, alpha: float) -> None:
+    """Fails, naming the fix, on an unknown kind or a parameter outside its range."""
     if kind not in DIVERGENCES:
         raise DistillError(f"unknown divergence {kind!r}; choose one of {', '.join(DIVERGENCES)}")
-    if student_logits.shape != teacher_logits.shape:
-        raise DistillError(
-            f"student logits {student_logits.shape} and teacher logits {teacher_logits.shape} differ"
-            " in shape; pad or slice one vocabulary so both heads have the same size")
-    if mask is not None and mask.shape != student_logits.shape[:-1]:
-        raise DistillError(
-            f"mask shape {mask.shape} must equal the logits' leading shape {student_logits.shape[:-1]}")
     if not temperature > 0:
         raise DistillError(f"temperature must be > 0, got {temperature}")
     if kind == "jsd" and not 0.0 < beta < 1.0:
@@ -47,6 +43,21 @@ def _check_args(student_logits, teacher_logits, kind, temperature, beta, alpha, 
             " use kind='fkl' or kind='rkl' instead")
     if kind in ("skl", "srkl") and not 0.0 <= alpha < 1.0:
         raise DistillError(f"{kind} needs alpha in [0, 1), got {alpha}")
+
+
+def _check_args(student_logits, teacher_logits, kind, temperature, beta, alpha, mask):
+    check_divergence_args(kind, temperature, beta, alpha)
+    if student_logits.shape != teacher_logits.shape:
+        raise DistillError(
+            f"student logits {student_logits.shape} and teacher logits {teacher_logits.shape} differ"
+            " in shape; pad or slice one vocabulary so both heads have the same size")
+    if mask is not None and mask.shape != student_logits.shape[:-1]:
+        raise DistillError(
+            f"mask shape {mask.shape} must equal the logits' leading shape {student_logits.shape[:-1]}")
+
+
+def _at_least_float32(x: Array) -> Array:
+    return x.astype(jnp.promote_types(x.dtype, jnp.float32))
 
 
 def pointwise_divergence(
@@ -58,21 +69,21 @@ def pointwise_divergence(
     beta: float = 0.5,
     alpha: float = 0.1,
 ) -> Float[Array, "*batch"]:
-    """The divergence at every position, unreduced, in float32."""
-    log_q = jax.nn.log_softmax(student_logits.astype(jnp.float32) / temperature, axis=-1)
-    log_p = jax.nn.log_softmax(teacher_logits.astype(jnp.float32) / temperature, axis=-1)
+    """The divergence at every position, unreduced, in float32 (or float64 for float64 inputs)."""
+    log_q = jax.nn.log_softmax(_at_least_float32(student_logits) / temperature, axis=-1)
+    log_p = jax.nn.log_softmax(_at_least_float32(teacher_logits) / temperature, axis=-1)
     if kind == "fkl":
         return _kl(log_p, log_q)
     if kind == "rkl":
         return _kl(log_q, log_p)
     if kind == "jsd":
-        log_m = _log_mix(beta, log_p, log_q)
+        log_m = log_mix(beta, log_p, log_q)
         return beta * _kl(log_p, log_m) + (1.0 - beta) * _kl(log_q, log_m)
     if kind == "tvd":
         return 0.5 * jnp.sum(jnp.abs(jnp.exp(log_p) - jnp.exp(log_q)), axis=-1)
     if kind == "skl":
-        return _kl(log_p, _log_mix(alpha, log_p, log_q))
-    return _kl(log_q, _log_mix(alpha, log_q, log_p))  # srkl
+        return _kl(log_p, log_mix(alpha, log_p, log_q))
+    return _kl(log_q, log_mix(alpha, log_q, log_p))  # srkl
 
 
 def masked_mean(values: Float[Array, "*batch"], mask: Array | None) -> Float[Array, ""]:
@@ -113,6 +124,84 @@ def divergence(
     per_position = pointwise_divergence(
         _clean_masked_rows(student_logits, mask), _clean_masked_rows(teacher_logits, mask), kind,
         temperature=temperature, beta=beta, alpha=alpha)
+    return masked_mean(per_position, mask)
+
+
+# Sparse teacher targets: the teacher's top-k tokens cached offline instead of its full logits.
+
+TAILS = ("bucket", "renormalize")
+
+
+def top_k_targets(teacher_logits: Float[Array, "*batch vocab"], k: int, *,
+                  temperature: float = 1.0) -> tuple[Float[Array, "*batch k"], Int[Array, "*batch k"]]:
+    """The teacher's k most likely tokens at `temperature`: (log-probabilities, indices).
+
+    The log-probabilities are normalised over the whole vocabulary, so the mass outside the
+    top k (the tail) is known exactly from them: 1 − Σ exp(top).
+    """
+    log_p = jax.nn.log_softmax(_at_least_float32(teacher_logits) / temperature, axis=-1)
+    top_log_p, indices = jax.lax.top_k(log_p, k)
+    return top_log_p, indices.astype(jnp.int32)
+
+
+def _floored(log_mass: Array) -> Array:
+    """At least the smallest normal float: an empty tail (k = vocabulary) stays finite."""
+    return jnp.maximum(log_mass, jnp.log(jnp.finfo(log_mass.dtype).tiny))
+
+
+def _log_tail(top_log_probs: Array) -> Array:
+    """log(1 − Σ exp(top))."""
+    return _floored(jnp.log(-jnp.expm1(jnp.minimum(jax.nn.logsumexp(top_log_probs, -1), 0.0))))
+
+
+def _student_top_and_tail(log_q: Array, indices: Array) -> tuple[Array, Array]:
+    """The student's log-probabilities at the teacher's top-k tokens, and of everything else."""
+    top = jnp.take_along_axis(log_q, indices, axis=-1)
+    in_top = jnp.zeros(log_q.shape, bool)
+    in_top = jnp.put_along_axis(in_top, indices, True, axis=-1, inplace=False)
+    return top, _floored(jax.nn.logsumexp(jnp.where(in_top, -jnp.inf, log_q), axis=-1))
+
+
+def sparse_divergence(
+    student_logits: Float[Array, "*batch vocab"],
+    top_log_probs: Float[Array, "*batch k"],
+    top_indices: Int[Array, "*batch k"],
+    kind: str,
+    *,
+    temperature: float = 1.0,
+    beta: float = 0.5,
+    alpha: float = 0.1,
+    mask: Array | None = None,
+    tail: str = "bucket",
+) -> Float[Array, ""]:
+    """`divergence` against a teacher known only by its top-k (see `top_k_targets`).
+
+    tail="bucket" (default): both distributions are coarsened to k+1 outcomes, the teacher's top
+    k tokens and one bucket holding all the remaining mass, and the divergence is taken exactly
+    between them; by the data-processing inequality it never exceeds the full divergence, and it
+    equals it when k is the whole vocabulary. tail="renormalize": both distributions are
+    restricted to the top k and renormalised (what most offline-logit tools do); this drops the
+    student's mass outside the top k from the loss altogether.
+    `top_log_probs` must come from the same `temperature` (the teacher's full softmax is gone).
+    """
+    check_divergence_args(kind, temperature, beta, alpha)
+    if tail not in TAILS:
+        raise DistillError(f"unknown tail {tail!r}; choose one of {', '.join(TAILS)}")
+    if top_log_probs.shape != top_indices.shape or top_indices.shape[:-1] != student_logits.shape[:-1]:
+        raise DistillError(
+            f"top-k targets {top_log_probs.shape} / {top_indices.shape} do not match the student"
+            f" logits {student_logits.shape}: cache them from the same batch layout")
+    student_logits = _clean_masked_rows(student_logits, mask)
+    top_log_probs = _clean_masked_rows(_at_least_float32(top_log_probs), mask)
+    log_q = jax.nn.log_softmax(_at_least_float32(student_logits) / temperature, axis=-1)
+    student_top, student_tail = _student_top_and_tail(log_q, top_indices)
+    if tail == "bucket":
+        teacher = jnp.concatenate([top_log_probs, _log_tail(top_log_probs)[..., None]], -1)
+        student = jnp.concatenate([student_top, student_tail[..., None]], -1)
+    else:
+        teacher, student = top_log_probs, student_top
+    # Already log-probabilities (or renormalised by the log-softmax inside): temperature 1.
+    per_position = pointwise_divergence(student, teacher, kind, beta=beta, alpha=alpha)
     return masked_mean(per_position, mask)
 
 
