@@ -1,0 +1,6 @@
+"""Drop-in fused kernels, each beside its pure-JAX reference: Pallas on GPU/TPU, chunked XLA
+elsewhere (see DESIGN.md §5)."""
+
+from jaxdistill.kernels.fused_divergence import fused_linear_divergence
+
+__all__ = ["fused_linear_divergence"]
