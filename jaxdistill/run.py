@@ -37,7 +37,7 @@ class Run:
     teacher_params: Any
     optimizer: optax.GradientTransformation
     lr_schedule: optax.Schedule
-    loss_fn: methods.LossFn
+    loss: methods.StatefulLoss
     state_shardings: Any
     _init: Any
     _train_step: Any
@@ -89,7 +89,9 @@ class Run:
 
     def _activation_bytes(self, abstract, batch: dict) -> int:
         def residuals(params, teacher_params, batch):
-            loss = lambda p: self.loss_fn(p, teacher_params, batch, jax.random.key(0), 0)[0]
+            def loss(p):
+                return self.loss.loss_fn(p, teacher_params, batch, jax.random.key(0), 0,
+                                         abstract.method_state)[0]
             return jax.vjp(loss, params)[1]
 
         teacher_params = step_lib.teaching_params(abstract, self.teacher_params)
@@ -232,7 +234,8 @@ def build(config: ml_collections.ConfigDict, *,
     teacher, teacher_params, teacher_shardings = (
         _load_teacher(config, mesh, dataset) if method.needs_teacher else (None, None, None))
     optimizer, lr_schedule = optim.build(config.optimizer, config.total_steps)
-    loss_fn = method.make_loss(config, student, student if method.self_teacher else teacher)
+    loss = methods.as_stateful(
+        method.make_loss(config, student, student if method.self_teacher else teacher))
     teacher_layers = tuple(config.student_init.teacher_layers)
 
     def init_state(rng, teacher_params, boxed=False):
@@ -244,7 +247,7 @@ def build(config: ml_collections.ConfigDict, *,
                 params = _init_from_teacher(params, teacher_params, teacher_layers)
         # Boxed (logically annotated) params make optax's states carry the same annotations.
         return state_lib.create(params, optimizer, state_rng, ema=config.ema_decay > 0,
-                                snapshot=method.self_teacher)
+                                snapshot=method.self_teacher, method_state=loss.init_state())
 
     if teacher_layers and teacher is None:
         raise DistillError(f"config.student_init.teacher_layers needs a teacher, and method"
@@ -262,7 +265,7 @@ def build(config: ml_collections.ConfigDict, *,
     replicated = sharding.replicated(mesh)
 
     train_step = jax.jit(
-        step_lib.make_train_step(loss_fn, optimizer, lr_schedule, config.ema_decay,
+        step_lib.make_train_step(loss, optimizer, lr_schedule, config.ema_decay,
                                  data.steps_per_epoch(config.data, config.batch_size)
                                  if method.self_teacher else None),
         in_shardings=(state_shardings, teacher_shardings, batch_sharding),
@@ -277,7 +280,7 @@ def build(config: ml_collections.ConfigDict, *,
     return Run(
         config=config, dataset=dataset, mesh=mesh, method=method, student=student, teacher=teacher,
         teacher_params=teacher_params, optimizer=optimizer, lr_schedule=lr_schedule,
-        loss_fn=loss_fn, state_shardings=state_shardings,
+        loss=loss, state_shardings=state_shardings,
         _init=jax.jit(init_state, in_shardings=(None, teacher_shardings),
                       out_shardings=state_shardings),
         _train_step=train_step, _eval_step=eval_step,

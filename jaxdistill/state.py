@@ -22,9 +22,13 @@ class DistillState:
     # The student's params at the end of the previous epoch: the teacher of self-distillation
     # methods (PS-KD). Part of the student's own state, so it is checkpointed, never optimized.
     snapshot_params: Any = None
+    # What a method carries from step to step outside the gradient (TAID's interpolation
+    # coefficient); checkpointed with the rest.
+    method_state: Any = None
 
 
-def create(params, optimizer, rng: jax.Array, ema: bool, snapshot: bool = False) -> DistillState:
+def create(params, optimizer, rng: jax.Array, ema: bool, snapshot: bool = False,
+           method_state: Any = None) -> DistillState:
     def copy():
         return jax.tree.map(lambda p: p.copy(), params)
 
@@ -35,4 +39,5 @@ def create(params, optimizer, rng: jax.Array, ema: bool, snapshot: bool = False)
         rng=rng,
         ema_params=copy() if ema else None,
         snapshot_params=copy() if snapshot else None,
+        method_state=method_state,
     )

@@ -6,7 +6,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from jaxdistill.methods import LossFn
+from jaxdistill.methods import StatefulLoss
 from jaxdistill.state import DistillState
 
 
@@ -19,7 +19,7 @@ def teaching_params(state: DistillState, teacher_params):
     return state.snapshot_params if state.snapshot_params is not None else teacher_params
 
 
-def make_train_step(loss_fn: LossFn, optimizer: optax.GradientTransformation,
+def make_train_step(loss: StatefulLoss, optimizer: optax.GradientTransformation,
                     lr_schedule: optax.Schedule, ema_decay: float,
                     steps_per_epoch: float | None = None):
     """`train_step(state, teacher_params, batch) -> (state, metrics)`, pure and jittable.
@@ -33,8 +33,8 @@ def make_train_step(loss_fn: LossFn, optimizer: optax.GradientTransformation,
     def train_step(state: DistillState, teacher_params, batch: dict):
         rng = jax.random.fold_in(state.rng, state.step)
         teacher_params = jax.lax.stop_gradient(teaching_params(state, teacher_params))
-        (loss, metrics), grads = jax.value_and_grad(loss_fn, has_aux=True)(
-            state.params, teacher_params, batch, rng, state.step)
+        (value, metrics), grads = jax.value_and_grad(loss.loss_fn, has_aux=True)(
+            state.params, teacher_params, batch, rng, state.step, state.method_state)
         updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
         params = optax.apply_updates(state.params, updates)
         ema_params = state.ema_params
@@ -42,7 +42,7 @@ def make_train_step(loss_fn: LossFn, optimizer: optax.GradientTransformation,
             ema_params = optax.incremental_update(params, ema_params, 1.0 - ema_decay)
         metrics = {
             **metrics,
-            "loss": loss,
+            "loss": value,
             "lr": lr_schedule(state.step),
             "l2_grads": optax.global_norm(grads),
             "l2_updates": optax.global_norm(updates),
@@ -52,8 +52,10 @@ def make_train_step(loss_fn: LossFn, optimizer: optax.GradientTransformation,
         if snapshot is not None:
             refresh = _epoch(state.step + 1, steps_per_epoch) > _epoch(state.step, steps_per_epoch)
             snapshot = jax.tree.map(lambda new, old: jnp.where(refresh, new, old), params, snapshot)
+        method_state = loss.update_state(state.method_state, value, metrics)
         new_state = state.replace(step=state.step + 1, params=params, opt_state=opt_state,
-                                  ema_params=ema_params, snapshot_params=snapshot)
+                                  ema_params=ema_params, snapshot_params=snapshot,
+                                  method_state=method_state)
         return new_state, metrics
 
     return train_step

@@ -3,7 +3,8 @@
 A method is a factory `make_loss(config, student, teacher) -> loss_fn`, where
 `loss_fn(student_params, teacher_params, batch, rng, step) -> (loss, metrics)` is pure and
 jit-friendly. The engine differentiates it in `student_params` only; `teacher_params` arrive
-under `stop_gradient`. Adding a paper's method is one module here plus one config.
+under `stop_gradient`. A method that carries state between steps returns a `StatefulLoss`
+instead. Adding a paper's method is one module here plus one config.
 """
 
 from __future__ import annotations
@@ -18,7 +19,31 @@ import ml_collections
 from jaxdistill.errors import DistillError
 
 LossFn = Callable[[Any, Any, dict, Any, Any], tuple[Any, dict]]
-LossFactory = Callable[[ml_collections.ConfigDict, nn.Module, "nn.Module | None"], LossFn]
+LossFactory = Callable[[ml_collections.ConfigDict, nn.Module, "nn.Module | None"],
+                       "LossFn | StatefulLoss"]
+
+
+@dataclasses.dataclass(frozen=True)
+class StatefulLoss:
+    """A loss with state carried between steps outside the gradient (TAID's adaptive schedule).
+
+    `loss_fn(params, teacher_params, batch, rng, step, method_state) -> (loss, metrics)`; after
+    each step the engine stores `update_state(method_state, loss, metrics)`.
+    """
+
+    loss_fn: Callable[..., tuple[Any, dict]]
+    init_state: Callable[[], Any]
+    update_state: Callable[[Any, Any, dict], Any]
+
+
+def as_stateful(loss: "LossFn | StatefulLoss") -> StatefulLoss:
+    """Any method's loss in the stateful form (a stateless one carries None)."""
+    if isinstance(loss, StatefulLoss):
+        return loss
+    return StatefulLoss(
+        loss_fn=lambda params, teacher_params, batch, rng, step, _: loss(
+            params, teacher_params, batch, rng, step),
+        init_state=lambda: None, update_state=lambda method_state, *_: method_state)
 
 
 @dataclasses.dataclass(frozen=True)
