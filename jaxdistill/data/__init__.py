@@ -5,9 +5,13 @@ permutation per epoch, of which each process reads only its own rows of every gl
 Evaluation reads a whole split in fixed-size batches, the last one padded and masked, so one
 compiled eval step serves every batch.
 
-Two kinds of dataset: images with class labels (`image`, `label`), and sentences (`text`),
-tokenized here with `config.data.tokenizer` into `input_ids` and `attention_mask` of
-`config.data.max_length` tokens. `DatasetSpec.inputs` names what the models take, in order.
+Two kinds of dataset: images with class labels (`image`, `label`), and text (`text`), tokenized
+with `config.data.tokenizer` (see `text_tokenizers`) in one of these `config.data.format`s:
+- `sentences`: each example alone, as `input_ids` and `attention_mask` of `config.data.max_length`
+  tokens (task "sentences", the default for sentence datasets);
+- `packed` and `prompts`: documents as language-model rows (task "lm", see `lm_formats`; `packed`
+  is the default for other text datasets). Rows are computed once per split and kept in memory.
+`DatasetSpec.inputs` names what the models take, in order.
 """
 
 from __future__ import annotations
@@ -23,24 +27,29 @@ import ml_collections
 import numpy as np
 import tensorflow_datasets as tfds
 
-from jaxdistill.data import bundled_sentences, sklearn_digits  # noqa: F401 (TFDS builders)
+from jaxdistill.data import bundled_docs, bundled_sentences, sklearn_digits  # noqa: F401 (TFDS)
+from jaxdistill.data import lm_formats, text_tokenizers
 from jaxdistill.errors import DistillError
 
 tfds.display_progress_bar(False)
 
 # Datasets that ship with the installed packages: prepared offline on first use.
-BUNDLED = ("sklearn_digits", "bundled_sentences")
+BUNDLED = ("sklearn_digits", "bundled_sentences", "bundled_docs")
+# Text datasets whose examples are sentences to embed; other text datasets are LM corpora.
+SENTENCE_DATASETS = ("bundled_sentences",)
+TEXT_FORMATS = ("sentences", *lm_formats.FORMATS)
 
 
 @dataclasses.dataclass(frozen=True)
 class DatasetSpec:
     """What the models must agree with, read from the TFDS metadata before anything compiles."""
 
-    task: str                                   # "classification" or "sentences"
+    task: str                                   # "classification", "sentences" or "lm"
     inputs: dict[str, tuple[tuple[int, ...], Any]]  # model input name -> (example shape, dtype)
-    split_sizes: dict[str, int]
+    split_sizes: dict[str, int]                 # examples per split (for "lm": rows)
     num_classes: int | None = None
     vocab_size: int | None = None
+    special_ids: text_tokenizers.SpecialIds | None = None  # "lm": <pad>, <bos>, <eos> ids
 
     def example_inputs(self) -> tuple[np.ndarray, ...]:
         """One example of each model input, batched: what `module.init` is traced with."""
@@ -60,30 +69,57 @@ def _builder(data_config: ml_collections.ConfigDict) -> tfds.core.DatasetBuilder
     return builder
 
 
-@functools.lru_cache(maxsize=4)
-def tokenizer(name_or_path: str, max_length: int):
-    """The pretrained model's tokenizer, truncating and padding to `max_length` tokens."""
-    from jaxdistill.models import pretrained
+def text_format(data_config: ml_collections.ConfigDict) -> str | None:
+    """How the dataset's text becomes model inputs (one of TEXT_FORMATS); None for images."""
+    if "text" not in _builder(data_config).info.features:
+        return None
+    chosen = data_config.get("format", "") or (
+        "sentences" if data_config.name in SENTENCE_DATASETS else "packed")
+    if chosen not in TEXT_FORMATS:
+        raise DistillError(f"unknown config.data.format {chosen!r}; choose one of"
+                           f" {', '.join(TEXT_FORMATS)}")
+    return chosen
 
-    if not name_or_path:
-        raise DistillError("a text dataset needs config.data.tokenizer: a pretrained model's name"
-                           " or directory (its tokenizer.json)")
-    loaded = pretrained.load_tokenizer(pretrained.resolve_path(name_or_path))
-    pad = loaded.padding or {"pad_id": 0, "pad_token": "[PAD]"}
-    loaded.enable_truncation(max_length)
-    loaded.enable_padding(length=max_length, pad_id=pad["pad_id"], pad_token=pad["pad_token"])
+
+def _token_settings(data_config: ml_collections.ConfigDict) -> ml_collections.FrozenConfigDict:
+    """The settings a text dataset's tokens depend on: the key of the caches below."""
+    return ml_collections.FrozenConfigDict(
+        {key: data_config[key] for key in ("name", "data_dir", "tokenizer")})
+
+
+def tokenizer(data_config: ml_collections.ConfigDict, max_length: int | None = None):
+    """The text dataset's `tokenizers.Tokenizer` (see `text_tokenizers`); with `max_length` it
+    truncates and pads every encoding to that many tokens."""
+    return _tokenizer(_token_settings(data_config), max_length)
+
+
+@functools.lru_cache(maxsize=4)
+def _tokenizer(data_config: ml_collections.FrozenConfigDict, max_length: int | None):
+    loaded = text_tokenizers.load(data_config.tokenizer, _builder(data_config).data_path,
+                                  lambda: _texts(data_config, "train"))
+    if max_length:
+        pad = loaded.padding or {"pad_id": 0, "pad_token": "[PAD]"}
+        loaded.enable_truncation(max_length)
+        loaded.enable_padding(length=max_length, pad_id=pad["pad_id"], pad_token=pad["pad_token"])
     return loaded
 
 
 def spec(data_config: ml_collections.ConfigDict) -> DatasetSpec:
     info = _builder(data_config).info
-    split_sizes = {name: split.num_examples for name, split in info.splits.items()}
-    if "text" in info.features:
+    split_sizes = {name: num_examples(data_config, name) for name in info.splits}
+    text = text_format(data_config)
+    if text == "sentences":
         length = data_config.max_length
         return DatasetSpec(
             task="sentences", split_sizes=split_sizes,
             inputs={"input_ids": ((length,), np.int32), "attention_mask": ((length,), np.int32)},
-            vocab_size=tokenizer(data_config.tokenizer, length).get_vocab_size())
+            vocab_size=tokenizer(data_config, length).get_vocab_size())
+    if text in lm_formats.FORMATS:
+        return DatasetSpec(
+            task="lm", split_sizes=split_sizes,
+            inputs={"input_ids": ((lm_formats.input_length(text, data_config),), np.int32)},
+            vocab_size=tokenizer(data_config).get_vocab_size(),
+            special_ids=text_tokenizers.special_ids(tokenizer(data_config)))
     return DatasetSpec(
         task="classification", split_sizes=split_sizes,
         inputs={"image": (tuple(info.features["image"].shape), np.float32)},
@@ -91,7 +127,10 @@ def spec(data_config: ml_collections.ConfigDict) -> DatasetSpec:
 
 
 def num_examples(data_config: ml_collections.ConfigDict, split: str) -> int:
-    """Examples in `split`, which may be a TFDS slice such as 'train[:10%]'."""
+    """Examples in `split`, which may be a TFDS slice such as 'train[:10%]' (for language-model
+    formats: rows)."""
+    if text_format(data_config) in lm_formats.FORMATS:
+        return len(next(iter(_lm_rows(data_config, split).values())))
     return _builder(data_config).info.splits[split].num_examples
 
 
@@ -115,24 +154,58 @@ def source(data_config: ml_collections.ConfigDict, split: str):
             f" --file_format=array_record` or set config.data.data_dir ({e})") from None
 
 
+def _as_text(value) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
+def _texts(data_config: ml_collections.ConfigDict, split: str) -> list[str]:
+    records = source(data_config, split)
+    return [_as_text(record["text"]) for record in records.__getitems__(range(len(records)))]
+
+
+@functools.lru_cache(maxsize=8)
+def _document_tokens(settings: ml_collections.FrozenConfigDict, split: str) -> list[np.ndarray]:
+    """Each document's tokens then <eos>, shared by every format and length of rows."""
+    loaded = tokenizer(settings)
+    eos = text_tokenizers.special_ids(loaded).eos
+    return lm_formats.bodies(loaded, _texts(settings, split), eos)
+
+
+@functools.lru_cache(maxsize=8)
+def _lm_rows_of(data_config: ml_collections.FrozenConfigDict, split: str) -> dict[str, np.ndarray]:
+    bodies = _document_tokens(_token_settings(data_config), split)
+    ids = text_tokenizers.special_ids(tokenizer(data_config))
+    return lm_formats.rows(text_format(data_config), data_config, bodies, ids)
+
+
+def _lm_rows(data_config: ml_collections.ConfigDict, split: str) -> dict[str, np.ndarray]:
+    """The split as language-model rows: whole documents are packed or windowed together, so
+    the split is computed at once (and kept) rather than example by example."""
+    return _lm_rows_of(ml_collections.FrozenConfigDict(data_config), split)
+
+
 def _preprocessor(data_config: ml_collections.ConfigDict) -> Callable[[dict], dict]:
-    """Decoded examples (stacked) -> model-ready arrays, for either kind of dataset."""
+    """Decoded examples (stacked) -> model-ready arrays, for images or sentences."""
 
     def images(batch: dict) -> dict:
         return {"image": np.asarray(batch["image"], np.float32) / 255.0,
                 "label": np.asarray(batch["label"], np.int32)}
 
     def sentences(batch: dict) -> dict:
-        texts = [t.decode() if isinstance(t, bytes) else str(t) for t in batch["text"]]
-        encoded = tokenizer(data_config.tokenizer, data_config.max_length).encode_batch(texts)
+        texts = [_as_text(t) for t in batch["text"]]
+        encoded = tokenizer(data_config, data_config.max_length).encode_batch(texts)
         return {"input_ids": np.asarray([e.ids for e in encoded], np.int32),
                 "attention_mask": np.asarray([e.attention_mask for e in encoded], np.int32)}
 
-    return sentences if "text" in _builder(data_config).info.features else images
+    return images if text_format(data_config) is None else sentences
 
 
 def _stack(examples: list[dict]) -> dict:
     return {key: np.stack([e[key] for e in examples]) for key in examples[0]}
+
+
+def _gather(arrays: dict[str, np.ndarray]) -> Callable[[Any], dict]:
+    return lambda indices: {key: value[np.asarray(indices)] for key, value in arrays.items()}
 
 
 def reader(data_config: ml_collections.ConfigDict, split: str):
@@ -140,13 +213,15 @@ def reader(data_config: ml_collections.ConfigDict, split: str):
 
     With `data.cache` the split is decoded once into memory (as tf.data's `cache()` would) and
     batches are gathered by one vectorised index; otherwise each batch is read and decoded from
-    the array_record files.
+    the array_record files. Language-model rows are always held in memory (see `_lm_rows`).
     """
+    if text_format(data_config) in lm_formats.FORMATS:
+        rows = _lm_rows(data_config, split)
+        return num_examples(data_config, split), _gather(rows)
     records = source(data_config, split)
     preprocess = _preprocessor(data_config)
     if data_config.cache:
-        arrays = preprocess(_stack(records.__getitems__(range(len(records)))))
-        return len(records), lambda indices: {k: v[np.asarray(indices)] for k, v in arrays.items()}
+        return len(records), _gather(preprocess(_stack(records.__getitems__(range(len(records))))))
     return len(records), lambda indices: preprocess(_stack(records.__getitems__(list(indices))))
 
 

@@ -1,52 +1,22 @@
 """English sentences from the documentation CPython ships, as a TFDS dataset in array_record.
 
-Documents are the `pydoc_data.topics` entries (the language reference's topics) and the
-docstrings of the standard library's top-level modules, read with `ast` (nothing is imported).
-Each document goes wholly to one split, chosen by a hash of its name (about 80/10/10), so no
-held-out sentence shares a paragraph with a training one. Paragraphs holding code (doctests,
-`::` blocks) are skipped; sentences are 6–40 words of mostly letters, deduplicated across the
-whole corpus (a repeated sentence stays in the first document, in name order).
-
-The corpus is whatever the running Python ships, so its sizes differ a little between Python
-versions; the dataset's version records the Python it was built with.
+The documents of `cpython_docs` (pydoc topics and stdlib docstrings), split by document (about
+80/10/10), so no held-out sentence shares a paragraph with a training one. Paragraphs holding
+code (doctests, `::` blocks) are skipped; sentences are 6–40 words of mostly letters,
+deduplicated across the whole corpus (a repeated sentence stays in the first document, in name
+order).
 """
 
 from __future__ import annotations
 
-import ast
-import hashlib
-import os
 import re
-import sys
-import sysconfig
 from typing import Iterator
 
 import tensorflow_datasets as tfds
 
+from jaxdistill.data.cpython_docs import BUILDER_CONFIG, SPLIT_BUCKETS, documents, split_of
+
 _SENTENCE_END = re.compile(r"(?<=[.!?])\s+(?=[A-Z])")
-_SPLIT_BUCKETS = {"test": range(0, 10), "validation": range(10, 20), "train": range(20, 100)}
-
-
-def _module_docstrings(path: str) -> str:
-    tree = ast.parse(open(path, encoding="utf-8").read())
-    nodes = (n for n in ast.walk(tree)
-             if isinstance(n, (ast.Module, ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef)))
-    return "\n\n".join(filter(None, (ast.get_docstring(n) for n in nodes)))
-
-
-def documents() -> dict[str, str]:
-    """Document name -> its text."""
-    import pydoc_data.topics
-
-    docs = {f"topic:{name}": text for name, text in pydoc_data.topics.topics.items()}
-    stdlib = sysconfig.get_paths()["stdlib"]
-    for filename in sorted(os.listdir(stdlib)):
-        if filename.endswith(".py"):
-            try:
-                docs[f"module:{filename[:-3]}"] = _module_docstrings(os.path.join(stdlib, filename))
-            except (SyntaxError, UnicodeDecodeError):  # a few stdlib files are test fixtures
-                continue
-    return docs
 
 
 def sentences(text: str) -> Iterator[str]:
@@ -60,15 +30,10 @@ def sentences(text: str) -> Iterator[str]:
                 yield sentence
 
 
-def split_of(document: str) -> str:
-    bucket = int(hashlib.sha256(document.encode()).hexdigest(), 16) % 100
-    return next(split for split, buckets in _SPLIT_BUCKETS.items() if bucket in buckets)
-
-
 def corpus() -> dict[str, list[tuple[str, str]]]:
     """Split -> [(document, sentence)], deduplicated, in a fixed order."""
     seen: set[str] = set()
-    splits: dict[str, list[tuple[str, str]]] = {split: [] for split in _SPLIT_BUCKETS}
+    splits: dict[str, list[tuple[str, str]]] = {split: [] for split in SPLIT_BUCKETS}
     for name, text in sorted(documents().items()):
         for sentence in sentences(text):
             if sentence not in seen:
@@ -82,9 +47,7 @@ class BundledSentences(tfds.core.GeneratorBasedBuilder):
 
     VERSION = tfds.core.Version("1.0.0")
     RELEASE_NOTES = {"1.0.0": "Initial release."}
-    BUILDER_CONFIGS = [tfds.core.BuilderConfig(
-        name=f"py{sys.version_info.major}{sys.version_info.minor}",
-        description="built from this Python's documentation")]
+    BUILDER_CONFIGS = [BUILDER_CONFIG]
 
     def _info(self) -> tfds.core.DatasetInfo:
         return tfds.core.DatasetInfo(
