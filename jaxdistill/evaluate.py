@@ -4,7 +4,10 @@ Each task has a jitted per-batch step and a host-side reduction:
 - classification: sums of correct predictions, NLL and teacher agreement, divided at the end;
 - sentences: the student's (and teacher's) sentence embeddings, gathered for the whole split,
   then compared pairwise: how well the student's cosine similarities between held-out sentences
-  rank like the teacher's (Spearman), and how often both pick the same nearest neighbour.
+  rank like the teacher's (Spearman), and how often both pick the same nearest neighbour;
+- lm: per-token sums on the real text (the student's NLL, and with a teacher its NLL and the
+  top-1 agreement of the two), and for prompt data the teacher's NLL of continuations the
+  student samples (config.sampling, a fixed key per batch position so every eval draws alike).
 """
 
 from __future__ import annotations
@@ -101,12 +104,65 @@ def _summarize_sentences(batch_outputs: Iterable[dict]) -> dict[str, float]:
     return metrics
 
 
+def _lm_step(student, teacher, sampling, eos_id):
+    from jaxdistill.methods import lm
+
+    def token_sums(prefix, params_student, params_teacher, sequence, rows):
+        weights = sequence.loss_mask * rows[:, None]
+        logits = lm.logits(student, params_student, sequence, train=False)
+        sums = {f"{prefix}count": jnp.sum(weights),
+                f"{prefix}nll": jnp.sum(lm.token_nll(logits, sequence.targets) * weights)}
+        if teacher is not None:
+            teacher_logits = lm.logits(teacher, params_teacher, sequence, train=False)
+            agree = jnp.argmax(logits, -1) == jnp.argmax(teacher_logits, -1)
+            sums[f"{prefix}teacher_nll"] = jnp.sum(
+                lm.token_nll(teacher_logits, sequence.targets) * weights)
+            sums[f"{prefix}agree"] = jnp.sum(agree * weights)
+        return sums
+
+    def eval_step(params, teacher_params, batch):
+        rows = batch["mask"].astype(jnp.float32)
+        sums = {"rows": jnp.sum(rows),
+                **token_sums("", params, teacher_params, lm.real_text(batch), rows)}
+        if teacher is not None and "prompt" in batch:
+            sampled = lm.sample_continuations(student, params, batch, jax.random.key(0),
+                                              sampling, eos_id)
+            on_policy = lm.with_continuation(batch, sampled.tokens, sampled.mask)
+            sums.update(token_sums("sampled_", params, teacher_params, on_policy, rows))
+        return sums
+
+    return eval_step
+
+
+def _summarize_lm(batch_sums: Iterable[dict]) -> dict[str, float]:
+    totals: dict[str, float] = {}
+    for sums in batch_sums:
+        for key, value in jax.device_get(sums).items():
+            totals[key] = totals.get(key, 0.0) + float(np.asarray(value))
+    count = max(totals["count"], 1.0)
+    metrics = {"loss": totals["nll"] / count, "tokens": int(totals["count"]),
+               "examples": int(totals["rows"])}
+    if "teacher_nll" in totals:
+        metrics.update(teacher_loss=totals["teacher_nll"] / count,
+                       teacher_agreement=totals["agree"] / count)
+    if "sampled_count" in totals:
+        sampled = max(totals["sampled_count"], 1.0)
+        metrics.update(teacher_nll_of_samples=totals["sampled_teacher_nll"] / sampled,
+                       sample_tokens=int(totals["sampled_count"]))
+    return metrics
+
+
 _TASKS = {"classification": (_classification_step, _summarize_classification),
-          "sentences": (_sentence_step, _summarize_sentences)}
+          "sentences": (_sentence_step, _summarize_sentences),
+          "lm": (_lm_step, _summarize_lm)}
 
 
-def make_eval_step(dataset, student, teacher):
-    """`eval_step(params, teacher_params, batch) -> outputs` for the dataset's task."""
+def make_eval_step(dataset, student, teacher, sampling=None):
+    """`eval_step(params, teacher_params, batch) -> outputs` for the dataset's task.
+
+    `sampling` (config.sampling) is how an LM student samples continuations of eval prompts."""
+    if dataset.task == "lm":
+        return _lm_step(student, teacher, sampling, dataset.special_ids.eos)
     return _TASKS[dataset.task][0](student, teacher)
 
 

@@ -88,14 +88,15 @@ class Run:
         return report
 
     def _activation_bytes(self, abstract, batch: dict) -> int:
-        def residuals(params, teacher_params, batch):
+        def residuals(params, teacher_params, batch, method_state):
             def loss(p):
                 return self.loss.loss_fn(p, teacher_params, batch, jax.random.key(0), 0,
-                                         abstract.method_state)[0]
+                                         method_state)[0]
             return jax.vjp(loss, params)[1]
 
         teacher_params = step_lib.teaching_params(abstract, self.teacher_params)
-        leaves = jax.tree.leaves(jax.eval_shape(residuals, abstract.params, teacher_params, batch))
+        leaves = jax.tree.leaves(jax.eval_shape(residuals, abstract.params, teacher_params, batch,
+                                                abstract.method_state))
         global_batch = len(jax.tree.leaves(batch)[0])
         shards = self.mesh.shape["data"] * self.mesh.shape["fsdp"]
         return sum(math.prod(x.shape) * x.dtype.itemsize // shards
@@ -273,7 +274,7 @@ def build(config: ml_collections.ConfigDict, *,
         donate_argnums=0,
     )
     eval_step = jax.jit(
-        evaluate.make_eval_step(dataset, student, teacher),
+        evaluate.make_eval_step(dataset, student, teacher, config.sampling),
         in_shardings=(state_shardings.params, teacher_shardings, batch_sharding),
         out_shardings=replicated,
     )

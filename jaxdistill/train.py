@@ -74,7 +74,11 @@ def _teacher_ready(config: ml_collections.ConfigDict, workdir: str, devices, pro
     # An independent draw: a teacher of the student's own architecture (born-again chains) must
     # not start from the student's initialisation and data order.
     teacher_config.seed = config.seed + 1
-    teacher_config.data = config.data
+    # The teacher reads the student's dataset (directory, tokenizer, split) in its own layout: an
+    # LM teacher learns from packed documents while its students read prompts.
+    own_layout = {key: teacher_config.data[key] for key in ("format", "max_length")}
+    teacher_config.data = config.data.copy_and_resolve_references()
+    teacher_config.data.update(own_layout)
     teacher_dir = os.path.join(workdir, "teacher")
     train_and_evaluate(teacher_config, teacher_dir, devices=devices, progress=progress)
     config = config.copy_and_resolve_references()
@@ -107,7 +111,8 @@ def _print_summary(summary: dict) -> None:
     if summary["train"]:
         lines.append(f"  train loss {summary['train']['loss']:.4f}")
     for split, metrics in summary["eval"].items():
-        values = ", ".join(f"{key.replace('_', ' ')} {value:.4f}"
+        values = ", ".join(f"{key.replace('_', ' ')} {value:.4f}" if isinstance(value, float)
+                           else f"{key.replace('_', ' ')} {value}"
                            for key, value in metrics.items() if key != "examples")
         lines.append(f"  {split:<10} {values} ({metrics['examples']} examples)")
     print("\n".join(lines), flush=True)

@@ -28,12 +28,13 @@ class StatefulLoss:
     """A loss with state carried between steps outside the gradient (TAID's adaptive schedule).
 
     `loss_fn(params, teacher_params, batch, rng, step, method_state) -> (loss, metrics)`; after
-    each step the engine stores `update_state(method_state, loss, metrics)`.
+    each step (number `step`, counted from 0) the engine stores
+    `update_state(method_state, step, loss, metrics)`.
     """
 
     loss_fn: Callable[..., tuple[Any, dict]]
     init_state: Callable[[], Any]
-    update_state: Callable[[Any, Any, dict], Any]
+    update_state: Callable[[Any, Any, Any, dict], Any]
 
 
 def as_stateful(loss: "LossFn | StatefulLoss") -> StatefulLoss:
@@ -57,7 +58,8 @@ class Method:
 
 
 _REGISTRY: dict[str, Method] = {}
-_BUILTIN_MODULES = ("supervised", "kd", "features", "minilm", "born_again", "pskd")
+_BUILTIN_MODULES = ("supervised", "kd", "features", "minilm", "born_again", "pskd", "sft",
+                    "logit_kd", "seqkd", "gkd", "distillspec", "taid", "adaspec")
 
 
 def register(name: str, *, needs_teacher: bool = True,

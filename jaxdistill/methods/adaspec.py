@@ -1,0 +1,50 @@
+"""AdaSPEC-style selective token distillation (Hu et al. 2025) for speculative-decoding drafts.
+
+A small draft cannot match its target everywhere, and spending capacity on tokens it will never
+fit costs acceptance elsewhere. Each step scores every counted token by the student's loss gap
+to a reference, gap = NLL_student(y) − NLL_reference(y) on the real next token y, and distills
+(config.loss.divergence, usually fkl) only on the `config.loss.keep_fraction` of tokens with
+the largest gap: the ones the student has not learned yet but a stronger model shows are
+learnable. AdaSPEC's reference is a separate model distilled from the target; here it is the
+teacher itself, which makes the gap the student's distance to its target per token.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+
+from jaxdistill.errors import DistillError
+from jaxdistill.methods import lm, register
+from jaxdistill.models import llama
+
+
+def largest(scores: jax.Array, mask: jax.Array, fraction: float) -> jax.Array:
+    """A mask of the ceil(fraction · count) counted entries with the largest scores."""
+    flat_scores = jnp.where(mask > 0, scores, -jnp.inf).reshape(-1)
+    keep = jnp.ceil(fraction * jnp.sum(mask)).astype(jnp.int32)
+    rank = jnp.argsort(jnp.argsort(-flat_scores))  # 0 for the largest score
+    return ((rank < keep) & (flat_scores > -jnp.inf)).reshape(scores.shape).astype(jnp.float32)
+
+
+@register("adaspec")
+def make_loss(config, student, teacher):
+    divergence = lm.TokenDivergence(config.loss, student, teacher)
+    fraction = config.loss.keep_fraction
+    if not 0.0 < fraction <= 1.0:
+        raise DistillError(f"config.loss.keep_fraction must lie in (0, 1], got {fraction}")
+
+    def loss_fn(params, teacher_params, batch, rng, step):
+        del step
+        sequence = lm.real_text(batch)
+        hidden = divergence.hidden_and_heads(params, teacher_params, sequence, rng)
+        student_logits, teacher_logits = jax.lax.stop_gradient(
+            (llama.logits_from_hidden(hidden[0], hidden[1]),
+             llama.logits_from_hidden(hidden[2], hidden[3])))
+        gap = (lm.token_nll(student_logits, sequence.targets)
+               - lm.token_nll(teacher_logits, sequence.targets))
+        selected = largest(gap, sequence.loss_mask, fraction)
+        value = divergence.from_hidden(*hidden, selected)
+        return value, {"distill/selected_gap": jnp.sum(gap * selected) / jnp.sum(selected)}
+
+    return loss_fn

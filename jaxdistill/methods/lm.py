@@ -1,0 +1,152 @@
+"""What the language-model methods share: sequences to score, model passes, the token divergence.
+
+A batch is either packed text (`input_ids`, `targets`, `segment_ids`, `positions`, `loss_mask`)
+or prompt/continuation pairs (`prompt`, `prompt_mask` left-padded; `continuation`,
+`continuation_mask`). Every method scores a `Sequence`: the tokens a model reads and, at each
+position, the next token and whether it counts. On-policy methods build theirs from the prompt
+and a continuation the student (or teacher) sampled.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import ml_collections
+from jaxtyping import Array, Float, Int
+
+from jaxdistill import generate as generate_lib
+from jaxdistill import losses
+from jaxdistill.errors import DistillError
+from jaxdistill.kernels import fused_linear_divergence
+from jaxdistill.models import llama
+
+
+class Sequence(NamedTuple):
+    input_ids: Int[Array, "batch length"]
+    segment_ids: Int[Array, "batch length"]   # 0 = padding
+    targets: Int[Array, "batch length"]       # the next token at each position
+    loss_mask: Float[Array, "batch length"]   # 1 where predicting `targets` counts
+
+
+def real_text(batch: dict) -> Sequence:
+    """The batch's own text: packed rows, or each prompt followed by its real continuation."""
+    if "prompt" in batch:
+        return with_continuation(batch, batch["continuation"], batch["continuation_mask"])
+    return Sequence(batch["input_ids"], batch["segment_ids"], batch["targets"],
+                    batch["loss_mask"].astype(jnp.float32))
+
+
+def with_continuation(batch: dict, continuation: Array, continuation_mask: Array) -> Sequence:
+    """The (left-padded) prompt then `continuation`; the loss counts the continuation's tokens."""
+    tokens = jnp.concatenate([batch["prompt"], continuation], axis=1)
+    present = jnp.concatenate([batch["prompt_mask"], continuation_mask], axis=1).astype(jnp.int32)
+    # Position t predicts token t + 1: the prompt's last position predicts the first new token.
+    counts = jnp.concatenate([jnp.zeros_like(batch["prompt"][:, 1:]), continuation_mask], axis=1)
+    return Sequence(tokens[:, :-1], present[:, :-1], tokens[:, 1:], counts.astype(jnp.float32))
+
+
+def hidden_states(model: nn.Module, params, sequence: Sequence, *, train: bool,
+                  rng: Array | None = None) -> Float[Array, "batch length width"]:
+    rngs = {"dropout": rng} if train and rng is not None else None
+    return model.apply(params, sequence.input_ids, segment_ids=sequence.segment_ids, train=train,
+                       rngs=rngs, method="hidden")
+
+
+def logits(model: nn.Module, params, sequence: Sequence, *, train: bool,
+           rng: Array | None = None) -> Float[Array, "batch length vocab"]:
+    hidden = hidden_states(model, params, sequence, train=train, rng=rng)
+    return llama.logits_from_hidden(hidden, llama.head_matrix(params))
+
+
+def token_nll(logits: Array, targets: Array) -> Float[Array, "*tokens"]:
+    log_probs = jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1)
+    return -jnp.take_along_axis(log_probs, targets[..., None], axis=-1)[..., 0]
+
+
+def divergence_settings(loss_config: ml_collections.ConfigDict) -> dict:
+    """`losses.divergence`'s keyword settings from config.loss, checked before compiling."""
+    settings = {"temperature": loss_config.temperature, "beta": loss_config.get("beta", 0.5),
+                "alpha": loss_config.get("skew", 0.1)}
+    losses.check_divergence_args(loss_config.divergence, **settings)
+    if loss_config.get("fused", False) and loss_config.get("teacher_top_k", 0):
+        raise DistillError("config.loss.fused and config.loss.teacher_top_k exclude each other:"
+                           " the fused kernel reads the teacher's whole head")
+    return settings
+
+
+class TokenDivergence:
+    """The divergence between student and teacher next-token distributions on a `Sequence`.
+
+    config.loss: divergence (fkl, rkl, jsd, tvd, skl, srkl), temperature, beta (jsd), skew
+    (skl/srkl's α), fused (the fused linear-divergence kernel: no [tokens, V] logits), and
+    teacher_top_k (the teacher known only by its top-k tokens, as with offline-cached targets).
+    """
+
+    def __init__(self, loss_config: ml_collections.ConfigDict, student: nn.Module,
+                 teacher: nn.Module):
+        self.kind = loss_config.divergence
+        self.settings = divergence_settings(loss_config)
+        self.fused = loss_config.get("fused", False)
+        self.top_k = loss_config.get("teacher_top_k", 0)
+        self.student, self.teacher = student, teacher
+
+    def hidden_and_heads(self, params, teacher_params, sequence: Sequence, rng: Array):
+        """(student hidden, student head, teacher hidden, teacher head), the teacher's frozen."""
+        student_hidden = hidden_states(self.student, params, sequence, train=True, rng=rng)
+        teacher_hidden = hidden_states(self.teacher, teacher_params, sequence, train=False)
+        return (student_hidden, llama.head_matrix(params),
+                jax.lax.stop_gradient(teacher_hidden),
+                jax.lax.stop_gradient(llama.head_matrix(teacher_params)))
+
+    def from_hidden(self, student_hidden, student_head, teacher_hidden, teacher_head,
+                    mask: Array) -> Array:
+        """The mean divergence over the tokens `mask` counts, from hidden states and heads."""
+        if self.fused:
+            return fused_linear_divergence(
+                student_hidden.reshape(-1, student_hidden.shape[-1]), student_head,
+                teacher_hidden.reshape(-1, teacher_hidden.shape[-1]), teacher_head, self.kind,
+                mask=mask.reshape(-1), **self.settings)
+        student_logits = llama.logits_from_hidden(student_hidden, student_head)
+        teacher_logits = llama.logits_from_hidden(teacher_hidden, teacher_head)
+        if self.top_k:
+            targets = losses.top_k_targets(teacher_logits, self.top_k,
+                                           temperature=self.settings["temperature"])
+            return losses.sparse_divergence(student_logits, *targets, self.kind, mask=mask,
+                                            **self.settings)
+        return losses.divergence(student_logits, teacher_logits, self.kind, mask=mask,
+                                 **self.settings)
+
+    def __call__(self, params, teacher_params, sequence: Sequence, *, rng: Array,
+                 mask: Array | None = None) -> Array:
+        mask = sequence.loss_mask if mask is None else mask
+        return self.from_hidden(*self.hidden_and_heads(params, teacher_params, sequence, rng),
+                                mask)
+
+
+def sample_continuations(model: nn.Module, params, batch: dict, rng: Array,
+                         sampling: ml_collections.ConfigDict, eos_id: int | None
+                         ) -> generate_lib.GenerateOutput:
+    """`continuation_length` tokens sampled after each prompt, outside the gradient."""
+    params = jax.lax.stop_gradient(params)
+    lengths = batch["prompt_mask"].sum(-1)
+    # The batch's prompts are left-padded; `generate` takes them right-padded with lengths.
+    prompt_slots = batch["prompt"].shape[1]
+    index = (jnp.arange(prompt_slots) + (prompt_slots - lengths)[:, None]) % prompt_slots
+    return generate_lib.generate(
+        model, params, jnp.take_along_axis(batch["prompt"], index, axis=1), lengths,
+        max_new_tokens=batch["continuation"].shape[1], rng=rng,
+        temperature=sampling.temperature, top_k=sampling.top_k, top_p=sampling.top_p,
+        eos_id=eos_id)
+
+
+def eos_id(config: ml_collections.ConfigDict) -> int:
+    """The end-of-sequence id that ends sampled continuations; the data must be prompts."""
+    from jaxdistill import data
+
+    if data.text_format(config.data) != "prompts":
+        raise DistillError(f"method {config.method!r} samples continuations of prompts: set"
+                           " config.data.format='prompts' on a language-model dataset")
+    return data.spec(config.data).special_ids.eos

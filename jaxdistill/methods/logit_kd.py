@@ -1,0 +1,32 @@
+"""Token-level logit distillation on real text ("supervised KD"), with any divergence.
+
+loss = D(teacher ‖ student) per next-token distribution, averaged over the counted tokens, plus
+`config.loss.ce_weight` × the student's cross-entropy on the real next token. With fkl this is
+word-level KD (Kim & Rush 2016); skl/srkl are DistiLLM's skew KLs; the divergence, temperature
+and the fused kernel come from config.loss (see `lm.TokenDivergence`).
+"""
+
+from __future__ import annotations
+
+from jaxdistill import losses
+from jaxdistill.methods import lm, register
+from jaxdistill.models import llama
+
+
+@register("logit_kd")
+def make_loss(config, student, teacher):
+    divergence = lm.TokenDivergence(config.loss, student, teacher)
+    ce_weight = config.loss.get("ce_weight", 0.0)
+
+    def loss_fn(params, teacher_params, batch, rng, step):
+        del step
+        sequence = lm.real_text(batch)
+        hidden = divergence.hidden_and_heads(params, teacher_params, sequence, rng)
+        distill = divergence.from_hidden(*hidden, sequence.loss_mask)
+        if not ce_weight:
+            return distill, {"distill/divergence": distill}
+        logits = llama.logits_from_hidden(hidden[0], hidden[1])
+        nll = losses.masked_mean(lm.token_nll(logits, sequence.targets), sequence.loss_mask)
+        return distill + ce_weight * nll, {"distill/divergence": distill, "distill/nll": nll}
+
+    return loss_fn

@@ -1,0 +1,30 @@
+"""Sequence-level KD (Kim & Rush 2016): the student learns the teacher's own continuations.
+
+Each step the teacher samples a continuation of every prompt (config.sampling: temperature,
+top_k, top_p; temperature 0 is greedy, the simplest form of the paper's beam-search mode) and
+the student takes the cross-entropy on those tokens.
+"""
+
+from __future__ import annotations
+
+import jax
+
+from jaxdistill import losses
+from jaxdistill.methods import lm, register
+
+
+@register("seqkd")
+def make_loss(config, student, teacher):
+    eos_id = lm.eos_id(config)
+
+    def loss_fn(params, teacher_params, batch, rng, step):
+        del step
+        sample_rng, dropout_rng = jax.random.split(rng)
+        sampled = lm.sample_continuations(teacher, teacher_params, batch, sample_rng,
+                                          config.sampling, eos_id)
+        sequence = lm.with_continuation(batch, sampled.tokens, sampled.mask)
+        logits = lm.logits(student, params, sequence, train=True, rng=dropout_rng)
+        nll = losses.masked_mean(lm.token_nll(logits, sequence.targets), sequence.loss_mask)
+        return nll, {"distill/sample_length": jax.numpy.mean(jax.numpy.sum(sampled.mask, -1))}
+
+    return loss_fn

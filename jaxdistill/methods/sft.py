@@ -1,0 +1,23 @@
+"""Supervised fine-tuning of a language model: next-token cross-entropy on the real text.
+
+Trains the teacher LM (packed documents) and the `sft` baseline of the GKD table (the real
+continuation of each prompt)."""
+
+from __future__ import annotations
+
+from jaxdistill import losses
+from jaxdistill.methods import lm, register
+
+
+@register("sft", needs_teacher=False)
+def make_loss(config, student, teacher):
+    del config, teacher
+
+    def loss_fn(params, teacher_params, batch, rng, step):
+        del teacher_params, step
+        sequence = lm.real_text(batch)
+        logits = lm.logits(student, params, sequence, train=True, rng=rng)
+        nll = losses.masked_mean(lm.token_nll(logits, sequence.targets), sequence.loss_mask)
+        return nll, {"accuracy": losses.accuracy(logits, sequence.targets, sequence.loss_mask)}
+
+    return loss_fn
