@@ -33,9 +33,8 @@ def get_config(arg=None):
     config.update({"batch_size": 16, "total_steps": 300, "eval_every": 300})
     config.checkpoint.every_steps = 300
     if scale == "smoke":
-        config.data.update({"prompt_length": 8, "continuation_length": 8})
         config.student = lm_teacher_docs.llama(num_layers=1, width=32, heads=2, kv_heads=1,
-                                               mlp_dim=64, vocab_size=259)
+                                               mlp_dim=64, vocab_size=config.student.vocab_size)
         config.update({"total_steps": 4, "eval_every": 4})
         config.checkpoint.every_steps = 2
     if scale == "paper":

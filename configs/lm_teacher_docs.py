@@ -41,9 +41,10 @@ def get_config(arg=None):
                    "eval_batch_size": 64, "eval_splits": ("validation",)})
     config.checkpoint.every_steps = 500
     if scale == "smoke":
-        config.data.update({"tokenizer": "byte", "max_length": 32})
+        config.data.update({"tokenizer": "bpe:512", "max_length": 64, "prompt_length": 16,
+                            "continuation_length": 16})
         config.student = llama(num_layers=2, width=32, heads=2, kv_heads=1, mlp_dim=64,
-                               vocab_size=259)
+                               vocab_size=512)
         config.update({"batch_size": 8, "total_steps": 6, "log_every": 2, "eval_every": 6,
                        "eval_batch_size": 512})
         config.optimizer.warmup_steps = 2

@@ -9,9 +9,11 @@ process count can resume it: orbax restores each array into the new run's shardi
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 
+import flax.linen as nn
 import jax
 import ml_collections
 import orbax.checkpoint as ocp
@@ -110,3 +112,19 @@ def load_params(run_dir: str, abstract_params):
         item=target, restore_args=_restore_args(target), partial_restore=True)))
     manager.close()
     return restored.state["params"]
+
+
+
+def load_model(run_dir: str):
+    """(module, params) of a finished run's student on the default device: to sample from it,
+    evaluate it or draft with it outside a training run."""
+    from jaxdistill import data, models
+
+    config = read_config(run_dir)
+    module = models.build(config.student)
+    device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
+    abstract = jax.eval_shape(functools.partial(module.init, train=False), jax.random.key(0),
+                              *data.spec(config.data).example_inputs())
+    abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=device),
+                            nn.unbox(abstract))
+    return module, load_params(run_dir, abstract)

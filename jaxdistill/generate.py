@@ -70,6 +70,16 @@ def left_pad(prompts: Int[Array, "batch prompt"], lengths: Int[Array, "batch"],
     return jnp.where(valid, shifted, pad_id), valid
 
 
+def right_pad(prompts: Int[Array, "batch prompt"], prompt_mask: Array
+              ) -> tuple[Int[Array, "batch prompt"], Int[Array, "batch"]]:
+    """Left-padded prompts (as the prompts data format stores them) as `generate` takes them:
+    right-padded, with their lengths."""
+    lengths = prompt_mask.sum(-1).astype(jnp.int32)
+    slots = prompts.shape[1]
+    index = (jnp.arange(slots) + (slots - lengths)[:, None]) % slots
+    return jnp.take_along_axis(prompts, index, axis=1), lengths
+
+
 @functools.partial(jax.jit, static_argnames=("model", "max_new_tokens", "top_k", "top_p",
                                              "eos_id", "pad_id"))
 def generate(model: Llama, params: dict, prompts: Int[Array, "batch prompt"],
@@ -108,11 +118,11 @@ def generate(model: Llama, params: dict, prompts: Int[Array, "batch prompt"],
 
     _, rest = jax.lax.scan(step, (cache, first[0]), jnp.arange(1, max_new_tokens))
     new_tokens, logprobs = (jnp.concatenate([f[:, None], r.T], axis=1) for f, r in zip(first, rest))
-    mask = _until_eos(new_tokens, eos_id)
+    mask = until_eos(new_tokens, eos_id)
     return GenerateOutput(jnp.where(mask, new_tokens, pad_id), mask, jnp.where(mask, logprobs, 0.0))
 
 
-def _until_eos(tokens: Int[Array, "batch new"], eos_id: int | None) -> Bool[Array, "batch new"]:
+def until_eos(tokens: Int[Array, "batch new"], eos_id: int | None) -> Bool[Array, "batch new"]:
     """True up to and including each row's first EOS (everywhere when there is no EOS id)."""
     if eos_id is None:
         return jnp.ones(tokens.shape, bool)

@@ -28,7 +28,7 @@ import jax.numpy as jnp
 from jaxtyping import Array, Bool, Float, Int
 
 from jaxdistill.errors import DistillError
-from jaxdistill.generate import _until_eos, filter_logits
+from jaxdistill.generate import until_eos, filter_logits
 from jaxdistill.models.llama import KVCache, Llama
 
 
@@ -248,6 +248,6 @@ def speculative_generate(target_model: Llama, target_params: dict, draft_model: 
     end = jax.lax.while_loop(lambda state: ~jnp.all(state.done), decode_round, start)
     new_tokens = jnp.take_along_axis(
         end.sequence, prompt_lengths[:, None] + jnp.arange(max_new_tokens), axis=1)
-    mask = _until_eos(new_tokens, eos_id)
+    mask = until_eos(new_tokens, eos_id)
     return SpeculativeOutput(jnp.where(mask, new_tokens, pad_id), mask, end.num_rounds,
                              end.num_accepted, end.num_rejected)

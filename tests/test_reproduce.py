@@ -59,3 +59,16 @@ def test_self_distillation_smoke_writes_the_table(tmp_path, data_dir):
         "born_again_gen0", "born_again_gen1", "born_again_gen2", "born_again_gen3",
         "born_again_t4_gen1", "born_again_t4_gen2", "born_again_t4_gen3", "pskd"]
     assert (tmp_path / "runs" / "seed0" / "born_again_gen3" / "checkpoints").is_dir()
+
+
+@pytest.mark.slow
+def test_distillspec2024_smoke_writes_the_table(tmp_path, data_dir):
+    table = _smoke_table("distillspec2024", tmp_path, data_dir, seeds=1)
+    rows = {row["setting"]: row for row in table["rows"]}
+    assert list(rows) == ["undistilled (sft)", "fkl", "tvd", "tvd on-policy (DistillSpec)"]
+    gamma = 4
+    for row in rows.values():
+        assert 0.0 < row["value"] <= 1.0
+        assert 1.0 <= row["extra"]["block_efficiency"]["value"] <= gamma + 1
+    # The LM tables share one teacher, beside their workdirs.
+    assert (tmp_path / "lm_teacher_docs_smoke" / "checkpoints").is_dir()

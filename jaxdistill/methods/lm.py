@@ -131,12 +131,8 @@ def sample_continuations(model: nn.Module, params, batch: dict, rng: Array,
                          ) -> generate_lib.GenerateOutput:
     """`continuation_length` tokens sampled after each prompt, outside the gradient."""
     params = jax.lax.stop_gradient(params)
-    lengths = batch["prompt_mask"].sum(-1)
-    # The batch's prompts are left-padded; `generate` takes them right-padded with lengths.
-    prompt_slots = batch["prompt"].shape[1]
-    index = (jnp.arange(prompt_slots) + (prompt_slots - lengths)[:, None]) % prompt_slots
     return generate_lib.generate(
-        model, params, jnp.take_along_axis(batch["prompt"], index, axis=1), lengths,
+        model, params, *generate_lib.right_pad(batch["prompt"], batch["prompt_mask"]),
         max_new_tokens=batch["continuation"].shape[1], rng=rng,
         temperature=sampling.temperature, top_k=sampling.top_k, top_p=sampling.top_p,
         eos_id=eos_id)

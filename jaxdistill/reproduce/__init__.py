@@ -57,10 +57,12 @@ class Experiment:
 
 
 def _experiments() -> dict[str, Experiment]:
-    from jaxdistill.reproduce import hinton2015, minilm2020, self_distillation
+    from jaxdistill.reproduce import (distillspec2024, gkd2024, hinton2015, minilm2020,
+                                      self_distillation)
 
     return {e.name: e for e in (hinton2015.EXPERIMENT, minilm2020.EXPERIMENT,
-                                self_distillation.EXPERIMENT)}
+                                self_distillation.EXPERIMENT, gkd2024.EXPERIMENT,
+                                distillspec2024.EXPERIMENT)}
 
 
 EXPERIMENTS = _experiments()
