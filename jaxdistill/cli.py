@@ -5,6 +5,8 @@
          --process_id I]
     jaxdistill reproduce NAME --scale {smoke,local,paper} [--out DIR] [--seeds N] [--data_dir DIR]
     jaxdistill reproduce --list
+    jaxdistill cache-teacher --config CONFIG --out DIR --top_k K [--split train]
+        [--config.a.b=VALUE ...]
 
 A `DistillError` (bad input, a diverged run) ends the command with one line on stderr and exit
 status 2; anything else is a bug and keeps its traceback.
@@ -99,7 +101,26 @@ def _reproduce(argv: list[str]) -> None:
                   seeds=args.seeds, data_dir=args.data_dir)
 
 
-COMMANDS = {"train": _train, "reproduce": _reproduce}
+def _cache_teacher(argv: list[str]) -> None:
+    parser = argparse.ArgumentParser(
+        prog="jaxdistill cache-teacher",
+        description="Write the teacher's top-k next-token targets for every row of a split, for"
+                    " method cached_kd (config.data.teacher_cache=OUT).")
+    parser.add_argument("--config", required=True, help="a student config naming its teacher")
+    parser.add_argument("--out", required=True, help="the cache directory")
+    parser.add_argument("--top_k", type=int, required=True)
+    parser.add_argument("--split", default="train")
+    parser.add_argument("--batch_size", type=int, default=256)
+    args, overrides = parser.parse_known_args(argv)
+    config = _parse_config(args.config, overrides)
+    from jaxdistill import teacher_cache
+
+    recorded = teacher_cache.write(config, args.out, args.top_k, args.split, args.batch_size)
+    print(f"{args.out}: top-{args.top_k} teacher targets of {recorded['splits'][args.split]}"
+          f" {args.split} rows at temperature {recorded['temperature']}")
+
+
+COMMANDS = {"train": _train, "reproduce": _reproduce, "cache-teacher": _cache_teacher}
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -32,10 +32,11 @@ def base() -> ml_collections.ConfigDict:
     # (trained on the train split) for language modelling; format is "sentences", "packed"
     # (documents packed into rows of max_length) or "prompts" (prompt_length tokens of prompt,
     # continuation_length of continuation); empty picks the dataset's natural one.
+    # teacher_cache: a `jaxdistill cache-teacher` directory of offline top-k teacher targets.
     c.data = ml_collections.ConfigDict(
         {"name": "sklearn_digits", "data_dir": "", "train_split": "train", "cache": True,
          "tokenizer": "", "max_length": 64, "format": "", "prompt_length": 64,
-         "continuation_length": 64})
+         "continuation_length": 64, "teacher_cache": ""})
     c.student = ml_collections.ConfigDict({"model": "mlp", "num_classes": 10})
     # The teacher: a jaxdistill run's workdir (checkpoint), the config that trains one when that
     # is empty, or a Hugging Face model (pretrained: a directory or a known name).
@@ -45,11 +46,13 @@ def base() -> ml_collections.ConfigDict:
     c.student_init = ml_collections.ConfigDict({"teacher_layers": ()})
     # LM distillation: divergence (fkl, rkl, jsd, tvd, skl, srkl) with beta (jsd) and skew (α of
     # skl/srkl); fused uses the fused linear-divergence kernel; teacher_top_k > 0 keeps only the
-    # teacher's top-k tokens; ce_weight adds cross-entropy on the real text; student_data_fraction
+    # teacher's top-k tokens, tail says how the rest of its mass counts (losses.sparse_divergence);
+    # ce_weight adds cross-entropy on the real text; student_data_fraction
     # is GKD's λ; keep_fraction is AdaSPEC's share of tokens; taid holds TAID's schedule.
     c.loss = ml_collections.ConfigDict({
         "temperature": 1.0, "alpha": 0.5, "label_smoothing": 0.0, "divergence": "fkl",
-        "beta": 0.5, "skew": 0.1, "fused": False, "teacher_top_k": 0, "ce_weight": 0.0,
+        "beta": 0.5, "skew": 0.1, "fused": False, "teacher_top_k": 0, "tail": "bucket",
+        "ce_weight": 0.0,
         "student_data_fraction": 0.0, "keep_fraction": 0.4,
         "taid": {"t_start": 0.4, "t_end": 1.0, "alpha": 5e-4, "momentum": 0.99}})
     # Sampling continuations (on-policy methods, seqkd): not the loss's temperature.

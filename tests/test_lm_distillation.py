@@ -201,3 +201,30 @@ def test_taid_state_is_checkpointed(student_config, tmp_path):
     ts = [line["distill/taid_t"] for line in lines if "distill/taid_t" in line]
     assert ts[-1] > ts[0] >= config.loss.taid.t_start
     assert summary["step"] == config.total_steps
+
+
+@pytest.fixture
+def teacher_cache_dir(tmp_path, data_dir, lm_teacher_dir):
+    out = tmp_path / "cache"
+    cli.main(["cache-teacher", "--config", "gkd_docs:smoke", "--out", str(out), "--top_k", "8",
+              f"--config.data.data_dir={data_dir}", f"--config.teacher.checkpoint={lm_teacher_dir}",
+              "--config.loss.temperature=2.0"])
+    return str(out)
+
+
+def test_cached_teacher_targets_equal_the_online_top_k(student_config, teacher_cache_dir):
+    online = _first_loss(student_config(method="logit_kd", **{
+        "loss.teacher_top_k": 8, "loss.temperature": 2.0, "loss.divergence": "fkl"}))
+    cached = _first_loss(student_config(method="cached_kd", **{
+        "data.teacher_cache": teacher_cache_dir, "loss.temperature": 2.0,
+        "loss.divergence": "fkl"}))
+    assert cached == pytest.approx(online, rel=1e-5)
+
+
+def test_teacher_cache_refuses_another_temperature_or_layout(student_config, teacher_cache_dir):
+    with pytest.raises(DistillError, match="temperature 2.0"):
+        build(student_config(method="cached_kd", **{"data.teacher_cache": teacher_cache_dir}))
+    with pytest.raises(DistillError, match="prompt_length"):
+        build(student_config(method="cached_kd", **{
+            "data.teacher_cache": teacher_cache_dir, "loss.temperature": 2.0,
+            "data.prompt_length": 12}))

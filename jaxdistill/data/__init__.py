@@ -216,13 +216,23 @@ def reader(data_config: ml_collections.ConfigDict, split: str):
     the array_record files. Language-model rows are always held in memory (see `_lm_rows`).
     """
     if text_format(data_config) in lm_formats.FORMATS:
-        rows = _lm_rows(data_config, split)
-        return num_examples(data_config, split), _gather(rows)
+        num_rows, read = num_examples(data_config, split), _gather(_lm_rows(data_config, split))
+        return num_rows, _with_teacher_targets(data_config, split, num_rows, read)
     records = source(data_config, split)
     preprocess = _preprocessor(data_config)
     if data_config.cache:
         return len(records), _gather(preprocess(_stack(records.__getitems__(range(len(records))))))
     return len(records), lambda indices: preprocess(_stack(records.__getitems__(list(indices))))
+
+
+def _with_teacher_targets(data_config, split: str, num_rows: int, read):
+    """`read`, joined row by row with the offline teacher targets when the run names a cache."""
+    if not data_config.get("teacher_cache"):
+        return read
+    from jaxdistill import teacher_cache
+
+    targets = teacher_cache.rows(data_config, split, num_rows)
+    return read if targets is None else (lambda indices: {**read(indices), **targets(indices)})
 
 
 def _local_batch_size(global_batch_size: int) -> int:

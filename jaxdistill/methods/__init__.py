@@ -59,7 +59,7 @@ class Method:
 
 _REGISTRY: dict[str, Method] = {}
 _BUILTIN_MODULES = ("supervised", "kd", "features", "minilm", "born_again", "pskd", "sft",
-                    "logit_kd", "seqkd", "gkd", "distillspec", "taid", "adaspec")
+                    "logit_kd", "cached_kd", "seqkd", "gkd", "distillspec", "taid", "adaspec")
 
 
 def register(name: str, *, needs_teacher: bool = True,

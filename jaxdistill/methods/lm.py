@@ -91,6 +91,7 @@ class TokenDivergence:
         self.settings = divergence_settings(loss_config)
         self.fused = loss_config.get("fused", False)
         self.top_k = loss_config.get("teacher_top_k", 0)
+        self.tail = loss_config.get("tail", "bucket")
         self.student, self.teacher = student, teacher
 
     def hidden_and_heads(self, params, teacher_params, sequence: Sequence, rng: Array):
@@ -115,7 +116,7 @@ class TokenDivergence:
             targets = losses.top_k_targets(teacher_logits, self.top_k,
                                            temperature=self.settings["temperature"])
             return losses.sparse_divergence(student_logits, *targets, self.kind, mask=mask,
-                                            **self.settings)
+                                            tail=self.tail, **self.settings)
         return losses.divergence(student_logits, teacher_logits, self.kind, mask=mask,
                                  **self.settings)
 

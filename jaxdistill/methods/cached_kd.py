@@ -1,0 +1,43 @@
+"""Logit distillation from offline top-k teacher targets: the teacher never runs in training.
+
+The targets come from `jaxdistill cache-teacher` (config.data.teacher_cache): at each position,
+the teacher's k most likely tokens and their log-probabilities. The student's distribution is
+compared with them by `losses.sparse_divergence` (config.loss.divergence; config.loss.tail:
+"bucket" keeps the teacher's remaining mass as one outcome, "renormalize" drops it), plus
+`config.loss.ce_weight` × cross-entropy on the real text. With the same k this is exactly
+`logit_kd` with config.loss.teacher_top_k, minus the teacher's forward pass.
+"""
+
+from __future__ import annotations
+
+from jaxdistill import losses, teacher_cache
+from jaxdistill.errors import DistillError
+from jaxdistill.methods import lm, register
+
+
+@register("cached_kd", needs_teacher=False)
+def make_loss(config, student, teacher):
+    del teacher
+    if not config.data.teacher_cache:
+        raise DistillError("method 'cached_kd' reads offline teacher targets: set"
+                           " config.data.teacher_cache to a `jaxdistill cache-teacher` directory")
+    recorded = teacher_cache.metadata(config.data)
+    settings = lm.divergence_settings(config.loss)
+    if recorded["temperature"] != settings["temperature"]:
+        raise DistillError(
+            f"the teacher cache holds targets at temperature {recorded['temperature']} but"
+            f" config.loss.temperature is {settings['temperature']}; set it to"
+            f" {recorded['temperature']} or rebuild the cache")
+    kind, tail, ce_weight = config.loss.divergence, config.loss.tail, config.loss.ce_weight
+
+    def loss_fn(params, teacher_params, batch, rng, step):
+        del teacher_params, step
+        sequence = lm.real_text(batch)
+        logits = lm.logits(student, params, sequence, train=True, rng=rng)
+        distill = losses.sparse_divergence(
+            logits, batch["teacher_top_log_probs"], batch["teacher_top_indices"], kind,
+            mask=sequence.loss_mask, tail=tail, **settings)
+        nll = losses.masked_mean(lm.token_nll(logits, sequence.targets), sequence.loss_mask)
+        return distill + ce_weight * nll, {"distill/divergence": distill, "distill/nll": nll}
+
+    return loss_fn
