@@ -21,7 +21,6 @@ import argparse
 import datetime
 import functools
 import os
-import platform
 import shlex
 import statistics
 import sys
@@ -30,6 +29,7 @@ import time
 import jax
 import jax.numpy as jnp
 
+import report
 from jaxdistill.kernels import fused_divergence as fused
 
 MiB = 2**20
@@ -138,25 +138,20 @@ def main() -> None:
     args = parser.parse_args()
     started, load_at_start = time.perf_counter(), os.getloadavg()[0]
     device = jax.devices()[0]
-    lines = table(args)
-    report = [
+    rows = table(args)
+    lines = [
         f"## Fused linear divergence vs materialized logits, {device.platform.upper()}"
         f" ({datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC)", "",
         f"- command: `{shlex.join(['python', *sys.argv])}`",
-        f"- machine: {os.cpu_count()} CPUs, {platform.processor() or platform.machine()},"
-        f" {platform.platform()}; device {device.device_kind}; jax {jax.__version__}",
+        report.machine(f"device {device.device_kind}"),
         f"- wall time of the whole script: {time.perf_counter() - started:.0f} s",
         f"- load average (1 min) at start / end: {load_at_start:.1f} / {os.getloadavg()[0]:.1f}"
         " (other jobs on the machine slow both rows of a case alike only roughly)",
         f"- method: compiled `jax.value_and_grad` in the student's hidden states and head, width"
         f" {args.width}, {args.dtype} inputs; temporaries from XLA's memory analysis; ms = median"
         f" of {args.repeats} calls after a warm-up; ratios against the unfused row of the same"
-        " case, measured in the same run.", "", *lines, ""]
-    text = "\n".join(report)
-    print(text)
-    if args.out:
-        with open(args.out, "a") as f:
-            f.write("\n" + text)
+        " case, measured in the same run.", "", *rows, ""]
+    report.publish("\n".join(lines), args.out)
 
 
 if __name__ == "__main__":

@@ -41,7 +41,6 @@ os.environ.setdefault("JAX_PLATFORMS", "cpu")
 import argparse  # noqa: E402
 import dataclasses  # noqa: E402
 import datetime  # noqa: E402
-import platform  # noqa: E402
 import shlex  # noqa: E402
 import statistics  # noqa: E402
 import sys  # noqa: E402
@@ -49,6 +48,7 @@ import time  # noqa: E402
 
 import jax  # noqa: E402
 
+import report  # noqa: E402
 from jaxdistill import config as config_lib, data  # noqa: E402
 from jaxdistill.run import build  # noqa: E402
 
@@ -203,13 +203,11 @@ def main() -> None:
     started = time.perf_counter()
     measured, tokens = measured_table(args)
     modelled, title = modelled_table(args)
-    report = [
+    lines = [
         f"## Sharding layouts: 8 simulated CPU devices, and a modelled TPU slice"
         f" ({datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC)", "",
         f"- command: `{shlex.join(['python', *sys.argv])}`",
-        f"- machine: {os.cpu_count()} CPUs, {platform.processor() or platform.machine()},"
-        f" {platform.platform()}; jax {jax.__version__}, {jax.device_count()} simulated CPU"
-        " devices",
+        report.machine(f"{jax.device_count()} simulated CPU devices"),
         f"- wall time of the whole script: {time.perf_counter() - started:.0f} s", "",
         f"Measured: `minilm_sentences:local` (all-MiniLM-L6-v2 → 3-layer student), batch"
         f" {args.batch_size} × {tokens} tokens; per device; step time is the median of {args.repeats}"
@@ -217,11 +215,7 @@ def main() -> None:
         " compare the partitioned programs, not hardware.", "", *measured, "",
         f"Modelled (formulas in `bench/scaling.py`): {title}. Per device; times are lower bounds"
         " at peak FLOP/s and full ICI bandwidth.", "", *modelled, ""]
-    text = "\n".join(report)
-    print(text)
-    if args.out:
-        with open(args.out, "a") as f:
-            f.write("\n" + text)
+    report.publish("\n".join(lines), args.out)
 
 
 if __name__ == "__main__":

@@ -41,11 +41,17 @@ def _classification_step(student, teacher):
     return eval_step
 
 
-def _summarize_classification(batch_sums: Iterable[dict]) -> dict[str, float]:
+def _totals(batch_sums: Iterable[dict]) -> dict[str, float]:
+    """The per-batch sums added up over the split, on the host."""
     totals: dict[str, float] = {}
     for sums in batch_sums:
         for key, value in jax.device_get(sums).items():
             totals[key] = totals.get(key, 0.0) + float(np.asarray(value))
+    return totals
+
+
+def _summarize_classification(batch_sums: Iterable[dict]) -> dict[str, float]:
+    totals = _totals(batch_sums)
     count = max(totals.pop("count"), 1.0)
     metrics = {"accuracy": totals["correct"] / count, "loss": totals["nll"] / count,
                "examples": int(count)}
@@ -135,10 +141,7 @@ def _lm_step(student, teacher, sampling, eos_id):
 
 
 def _summarize_lm(batch_sums: Iterable[dict]) -> dict[str, float]:
-    totals: dict[str, float] = {}
-    for sums in batch_sums:
-        for key, value in jax.device_get(sums).items():
-            totals[key] = totals.get(key, 0.0) + float(np.asarray(value))
+    totals = _totals(batch_sums)
     count = max(totals["count"], 1.0)
     metrics = {"loss": totals["nll"] / count, "tokens": int(totals["count"]),
                "examples": int(totals["rows"])}
