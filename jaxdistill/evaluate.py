@@ -113,28 +113,30 @@ def _summarize_sentences(batch_outputs: Iterable[dict]) -> dict[str, float]:
 def _lm_step(student, teacher, sampling, eos_id):
     from jaxdistill.methods import lm
 
-    def token_sums(prefix, params_student, params_teacher, sequence, rows):
-        weights = sequence.loss_mask * rows[:, None]
-        logits = lm.logits(student, params_student, sequence, train=False)
-        sums = {f"{prefix}count": jnp.sum(weights),
-                f"{prefix}nll": jnp.sum(lm.token_nll(logits, sequence.targets) * weights)}
-        if teacher is not None:
-            teacher_logits = lm.logits(teacher, params_teacher, sequence, train=False)
-            agree = jnp.argmax(logits, -1) == jnp.argmax(teacher_logits, -1)
-            sums[f"{prefix}teacher_nll"] = jnp.sum(
-                lm.token_nll(teacher_logits, sequence.targets) * weights)
-            sums[f"{prefix}agree"] = jnp.sum(agree * weights)
-        return sums
+    def weighted_nll(logits, sequence, weights):
+        return jnp.sum(lm.token_nll(logits, sequence.targets) * weights)
 
     def eval_step(params, teacher_params, batch):
-        rows = batch["mask"].astype(jnp.float32)
-        sums = {"rows": jnp.sum(rows),
-                **token_sums("", params, teacher_params, lm.real_text(batch), rows)}
-        if teacher is not None and "prompt" in batch:
+        rows = batch["mask"].astype(jnp.float32)[:, None]
+        real = lm.real_text(batch)
+        weights = real.loss_mask * rows
+        logits = lm.logits(student, params, real, train=False)
+        sums = {"rows": jnp.sum(rows), "count": jnp.sum(weights),
+                "nll": weighted_nll(logits, real, weights)}
+        if teacher is None:
+            return sums
+        teacher_logits = lm.logits(teacher, teacher_params, real, train=False)
+        agree = jnp.argmax(logits, -1) == jnp.argmax(teacher_logits, -1)
+        sums.update(teacher_nll=weighted_nll(teacher_logits, real, weights),
+                    agree=jnp.sum(agree * weights))
+        if "prompt" in batch:
             sampled = lm.sample_continuations(student, params, batch, jax.random.key(0),
                                               sampling, eos_id)
             on_policy = lm.with_continuation(batch, sampled.tokens, sampled.mask)
-            sums.update(token_sums("sampled_", params, teacher_params, on_policy, rows))
+            sampled_weights = on_policy.loss_mask * rows
+            sums.update(sampled_count=jnp.sum(sampled_weights), sampled_teacher_nll=weighted_nll(
+                lm.logits(teacher, teacher_params, on_policy, train=False), on_policy,
+                sampled_weights))
         return sums
 
     return eval_step
@@ -155,9 +157,9 @@ def _summarize_lm(batch_sums: Iterable[dict]) -> dict[str, float]:
     return metrics
 
 
-_TASKS = {"classification": (_classification_step, _summarize_classification),
-          "sentences": (_sentence_step, _summarize_sentences),
-          "lm": (_lm_step, _summarize_lm)}
+_STEPS = {"classification": _classification_step, "sentences": _sentence_step}
+_SUMMARIES = {"classification": _summarize_classification, "sentences": _summarize_sentences,
+              "lm": _summarize_lm}
 
 
 def make_eval_step(dataset, student, teacher, sampling=None):
@@ -166,12 +168,12 @@ def make_eval_step(dataset, student, teacher, sampling=None):
     `sampling` (config.sampling) is how an LM student samples continuations of eval prompts."""
     if dataset.task == "lm":
         return _lm_step(student, teacher, sampling, dataset.special_ids.eos)
-    return _TASKS[dataset.task][0](student, teacher)
+    return _STEPS[dataset.task](student, teacher)
 
 
 def summarize(dataset, batch_outputs: Iterable[dict]) -> dict[str, float]:
     """Split-level metrics from the eval step's per-batch outputs."""
-    return _TASKS[dataset.task][1](batch_outputs)
+    return _SUMMARIES[dataset.task](batch_outputs)
 
 
 def evaluate_split(run, state, split: str) -> dict[str, float]:

@@ -191,6 +191,9 @@ def sparse_divergence(
         raise DistillError(
             f"top-k targets {top_log_probs.shape} / {top_indices.shape} do not match the student"
             f" logits {student_logits.shape}: cache them from the same batch layout")
+    if mask is not None and mask.shape != student_logits.shape[:-1]:
+        raise DistillError(
+            f"mask shape {mask.shape} must equal the logits' leading shape {student_logits.shape[:-1]}")
     student_logits = _clean_masked_rows(student_logits, mask)
     top_log_probs = _clean_masked_rows(_at_least_float32(top_log_probs), mask)
     log_q = jax.nn.log_softmax(_at_least_float32(student_logits) / temperature, axis=-1)

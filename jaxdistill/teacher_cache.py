@@ -46,41 +46,62 @@ def _teacher(config: ml_collections.ConfigDict):
     return checkpoint.load_model(config.teacher.checkpoint)
 
 
+def _settings(config: ml_collections.ConfigDict, top_k: int, vocab_size: int) -> dict:
+    """What every split of one cache must share."""
+    return {"top_k": top_k, "temperature": config.loss.temperature, "vocab_size": vocab_size,
+            "teacher": config.teacher.pretrained or config.teacher.checkpoint,
+            "data": _data_fingerprint(config.data)}
+
+
+def _existing(out: str, settings: dict) -> dict:
+    """The cache.json already in `out` (a split is being added), checked against `settings`."""
+    if not os.path.exists(os.path.join(out, "cache.json")):
+        return {**settings, "splits": {}}
+    recorded = _read_metadata(out)
+    differing = sorted(key for key in settings if recorded.get(key) != settings[key])
+    if differing:
+        raise DistillError(f"the teacher cache at {out} was made with other {', '.join(differing)};"
+                           " write this split into a new directory")
+    return recorded
+
+
 def write(config: ml_collections.ConfigDict, out: str, top_k: int, split: str = "train",
           batch_size: int = 256) -> dict:
     """Runs the teacher over every row of `split` and writes its top-k targets under `out`."""
     from jaxdistill.methods import lm
 
     teacher, params = _teacher(config)
+    vocab_size = lm.llama.head_matrix(params).shape[-1]
+    recorded = _existing(out, _settings(config, top_k, vocab_size))
     temperature = config.loss.temperature
 
     @jax.jit
-    def targets(batch):
+    def targets(params, batch):
         logits = lm.logits(teacher, params, lm.real_text(batch), train=False)
         return losses.top_k_targets(logits, top_k, temperature=temperature)
 
     num_rows, read = data.reader(config.data, split)
+    if not num_rows:
+        raise DistillError(f"split {split!r} has no rows to cache")
     os.makedirs(out, exist_ok=True)
     files = None
     for start in range(0, num_rows, batch_size):
-        batch = read(range(start, min(start + batch_size, num_rows)))
-        values = [np.asarray(x) for x in targets(batch)]
+        # Every batch full-sized (the last one repeats row 0), so the teacher compiles once.
+        indices = np.arange(start, start + batch_size)
+        values = [np.asarray(x) for x in targets(params, read(np.where(indices < num_rows,
+                                                                       indices, 0)))]
         if files is None:
             files = [np.lib.format.open_memmap(
                 os.path.join(out, f"{split}.{field}.npy"), mode="w+", dtype=value.dtype,
                 shape=(num_rows, *value.shape[1:])) for field, value in zip(_FIELDS, values)]
         for file, value in zip(files, values):
-            file[start:start + len(value)] = value
+            file[start:start + batch_size] = value[:num_rows - start]
     for file in files:
         file.flush()
-    metadata = _read_metadata(out) if os.path.exists(os.path.join(out, "cache.json")) else {}
-    metadata.update({"top_k": top_k, "temperature": temperature,
-                     "teacher": config.teacher.pretrained or config.teacher.checkpoint,
-                     "data": _data_fingerprint(config.data)})
-    metadata.setdefault("splits", {})[split] = num_rows
+    recorded["splits"][split] = num_rows
     with open(os.path.join(out, "cache.json"), "w") as f:
-        json.dump(metadata, f, indent=2)
-    return metadata
+        json.dump(recorded, f, indent=2)
+    return recorded
 
 
 def _read_metadata(directory: str) -> dict:

@@ -14,9 +14,13 @@ v and a score w = q·∂ℓ/∂q give ℓ = Σ v and ∂ℓ/∂z_s = (w − q·�
 both log-sum-exps are known a block of the vocabulary can be processed on its own, which is what
 lets the Pallas kernels (`fused_divergence_pallas`) stream the head block by block.
 
-Two implementations share that recipe: a chunked XLA path (the default off GPU/TPU; XLA
+Two implementations share that recipe: a chunked XLA path (the default everywhere; XLA
 partitions it like any jitted code, tokens over data and the vocabulary over tensor), and the
-Pallas kernels (the default on GPU and TPU; `interpret=True` runs them on CPU for tests).
+Pallas kernels (`implementation="pallas"`; `interpret=True` runs them on CPU for tests). The
+Pallas kernels are checked in interpret mode only: no GPU or TPU has run them yet, and as
+written they hold a whole head (and, for its gradient, all hidden states) per grid step, which
+fits small models only. Until they have been lowered and measured on hardware, "auto" means the
+XLA path on every backend.
 """
 
 from __future__ import annotations
@@ -176,7 +180,8 @@ def _check_shapes(student_hidden, student_head, teacher_hidden, teacher_head, ma
             f" {teacher_hidden.shape}; flatten batch and sequence axes first")
     if student_hidden.shape[0] != teacher_hidden.shape[0]:
         raise DistillError(f"student and teacher see different token counts:"
-                           f" {student_hidden.shape[0]} vs {teacher_hidden.shape[0]}")
+                           f" {student_hidden.shape[0]} vs {teacher_hidden.shape[0]}; pass both"
+                           " models' hidden states of the same tokens, flattened alike")
     for owner, hidden, head in (("student", student_hidden, student_head),
                                 ("teacher", teacher_hidden, teacher_head)):
         if head.ndim != 2 or head.shape[0] != hidden.shape[1]:
@@ -208,8 +213,8 @@ def fused_linear_divergence(
 ) -> Float[Array, ""]:
     """`losses.divergence(h_s @ W_s, h_t @ W_t, kind, ...)`: the mean over unmasked tokens.
 
-    `implementation`: "pallas" on GPU/TPU and "xla" elsewhere when "auto"; `interpret=True`
-    runs the Pallas kernels on CPU. Gradients flow to the student's hidden states and head; the
+    `implementation`: "xla" (also what "auto" picks, see the module docstring) or "pallas";
+    `interpret=True` runs the Pallas kernels on CPU. Gradients flow to the student's hidden states and head; the
     teacher's arguments get zero gradients (the teacher is never trained).
     """
     losses.check_divergence_args(kind, temperature, beta, alpha)
@@ -218,7 +223,7 @@ def fused_linear_divergence(
         raise DistillError(f"unknown implementation {implementation!r}; choose one of"
                            f" {', '.join(IMPLEMENTATIONS)}")
     if implementation == "auto":
-        implementation = "pallas" if jax.default_backend() in ("gpu", "tpu") else "xla"
+        implementation = "xla"
     spec = Spec(kind, float(temperature), float(beta), float(alpha), implementation,
                 block_tokens, block_vocab, interpret)
     num_tokens = student_hidden.shape[0]

@@ -228,3 +228,18 @@ def test_teacher_cache_refuses_another_temperature_or_layout(student_config, tea
         build(student_config(method="cached_kd", **{
             "data.teacher_cache": teacher_cache_dir, "loss.temperature": 2.0,
             "data.prompt_length": 12}))
+
+
+def test_a_cache_without_the_training_split_is_refused(student_config, teacher_cache_dir):
+    with pytest.raises(DistillError, match="--split validation"):
+        build(student_config(method="cached_kd", **{
+            "data.teacher_cache": teacher_cache_dir, "loss.temperature": 2.0,
+            "data.train_split": "validation"}))
+
+
+def test_adding_a_split_at_another_temperature_is_refused(student_config, teacher_cache_dir):
+    from jaxdistill import teacher_cache
+
+    config = student_config(**{"loss.temperature": 1.0})
+    with pytest.raises(DistillError, match="other temperature"):
+        teacher_cache.write(config, teacher_cache_dir, 8, split="validation")

@@ -5,8 +5,13 @@ fit costs acceptance elsewhere. Each step scores every counted token by the stud
 to a reference, gap = NLL_student(y) − NLL_reference(y) on the real next token y, and distills
 (config.loss.divergence, usually fkl) only on the `config.loss.keep_fraction` of tokens with
 the largest gap: the ones the student has not learned yet but a stronger model shows are
-learnable. AdaSPEC's reference is a separate model distilled from the target; here it is the
-teacher itself, which makes the gap the student's distance to its target per token.
+learnable.
+
+This is a simplified AdaSPEC: the paper's reference is a separate draft-sized model distilled
+from the target, and its score ΔL = KL(P‖q_draft) − KL(P‖q_ref) drops the tokens a small model
+cannot fit. Here the reference is the teacher itself, so the score is the student's NLL gap to
+its target per token, and the selection favours the tokens the student is furthest from — it
+does not filter out the ones too hard for a small model.
 """
 
 from __future__ import annotations
@@ -33,6 +38,9 @@ def make_loss(config, student, teacher):
     fraction = config.loss.keep_fraction
     if not 0.0 < fraction <= 1.0:
         raise DistillError(f"config.loss.keep_fraction must lie in (0, 1], got {fraction}")
+    if divergence.fused:
+        raise DistillError("adaspec scores tokens with both models' logits, which"
+                           " config.loss.fused never builds; set config.loss.fused=False")
 
     def loss_fn(params, teacher_params, batch, rng, step):
         del step
@@ -45,6 +53,7 @@ def make_loss(config, student, teacher):
                - lm.token_nll(teacher_logits, sequence.targets))
         selected = largest(gap, sequence.loss_mask, fraction)
         value = divergence.from_hidden(*hidden, selected)
-        return value, {"distill/selected_gap": jnp.sum(gap * selected) / jnp.sum(selected)}
+        kept_gap = jnp.sum(gap * selected) / jnp.maximum(jnp.sum(selected), 1.0)
+        return value, {"distill/selected_gap": kept_gap}
 
     return loss_fn

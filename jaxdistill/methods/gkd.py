@@ -27,6 +27,8 @@ def make_loss(config, student, teacher):
     eos_id = lm.eos_id(config)
 
     def continuations(params, batch, rng):
+        rng, coin_rng = jax.random.split(rng)
+
         def on_policy():
             sampled = lm.sample_continuations(student, params, batch, rng, config.sampling,
                                               eos_id)
@@ -37,7 +39,7 @@ def make_loss(config, student, teacher):
 
         if fraction in (0.0, 1.0):  # decided at trace time: no sampling code when never used
             return (on_policy() if fraction else real()), jnp.float32(fraction)
-        use_student = jax.random.bernoulli(jax.random.fold_in(rng, 1), fraction)
+        use_student = jax.random.bernoulli(coin_rng, fraction)
         return jax.lax.cond(use_student, on_policy, real), use_student.astype(jnp.float32)
 
     def loss_fn(params, teacher_params, batch, rng, step):

@@ -66,6 +66,11 @@ def token_nll(logits: Array, targets: Array) -> Float[Array, "*tokens"]:
     return -jnp.take_along_axis(log_probs, targets[..., None], axis=-1)[..., 0]
 
 
+def sequence_nll(logits: Array, sequence: Sequence) -> Float[Array, ""]:
+    """Mean next-token cross-entropy over the tokens the sequence counts."""
+    return losses.cross_entropy(logits, sequence.targets, sequence.loss_mask)
+
+
 def divergence_settings(loss_config: ml_collections.ConfigDict) -> dict:
     """`losses.divergence`'s keyword settings from config.loss, checked before compiling."""
     settings = {"temperature": loss_config.temperature, "beta": loss_config.get("beta", 0.5),
@@ -81,8 +86,10 @@ class TokenDivergence:
     """The divergence between student and teacher next-token distributions on a `Sequence`.
 
     config.loss: divergence (fkl, rkl, jsd, tvd, skl, srkl), temperature, beta (jsd), skew
-    (skl/srkl's α), fused (the fused linear-divergence kernel: no [tokens, V] logits), and
-    teacher_top_k (the teacher known only by its top-k tokens, as with offline-cached targets).
+    (skl/srkl's α), fused (the fused linear-divergence kernel: no [tokens, V] logits;
+    fused_implementation picks its path), and teacher_top_k (the teacher known only by its
+    top-k tokens, as with offline-cached targets). The value carries Hinton's τ² factor, so
+    its gradient keeps its scale whatever the temperature (1 at τ = 1).
     """
 
     def __init__(self, loss_config: ml_collections.ConfigDict, student: nn.Module,
@@ -90,6 +97,8 @@ class TokenDivergence:
         self.kind = loss_config.divergence
         self.settings = divergence_settings(loss_config)
         self.fused = loss_config.get("fused", False)
+        self.fused_implementation = loss_config.get("fused_implementation", "auto")
+        self.scale = loss_config.temperature ** 2
         self.top_k = loss_config.get("teacher_top_k", 0)
         self.tail = loss_config.get("tail", "bucket")
         self.student, self.teacher = student, teacher
@@ -104,12 +113,17 @@ class TokenDivergence:
 
     def from_hidden(self, student_hidden, student_head, teacher_hidden, teacher_head,
                     mask: Array) -> Array:
-        """The mean divergence over the tokens `mask` counts, from hidden states and heads."""
+        """τ² × the mean divergence over the tokens `mask` counts, from hidden states and heads."""
+        return self.scale * self._mean_divergence(student_hidden, student_head, teacher_hidden,
+                                                  teacher_head, mask)
+
+    def _mean_divergence(self, student_hidden, student_head, teacher_hidden, teacher_head, mask):
         if self.fused:
             return fused_linear_divergence(
                 student_hidden.reshape(-1, student_hidden.shape[-1]), student_head,
                 teacher_hidden.reshape(-1, teacher_hidden.shape[-1]), teacher_head, self.kind,
-                mask=mask.reshape(-1), **self.settings)
+                mask=mask.reshape(-1), implementation=self.fused_implementation,
+                **self.settings)
         student_logits = llama.logits_from_hidden(student_hidden, student_head)
         teacher_logits = llama.logits_from_hidden(teacher_hidden, teacher_head)
         if self.top_k:

@@ -1,14 +1,14 @@
 """Token-level logit distillation on real text ("supervised KD"), with any divergence.
 
-loss = D(teacher ‖ student) per next-token distribution, averaged over the counted tokens, plus
-`config.loss.ce_weight` × the student's cross-entropy on the real next token. With fkl this is
+loss = τ²·D(teacher ‖ student) per next-token distribution, averaged over the counted tokens,
+plus `config.loss.ce_weight` × the student's cross-entropy on the real next token. With fkl this is
 word-level KD (Kim & Rush 2016); skl/srkl are DistiLLM's skew KLs; the divergence, temperature
 and the fused kernel come from config.loss (see `lm.TokenDivergence`).
 """
 
 from __future__ import annotations
 
-from jaxdistill import losses
+from jaxdistill.errors import DistillError
 from jaxdistill.methods import lm, register
 from jaxdistill.models import llama
 
@@ -17,6 +17,9 @@ from jaxdistill.models import llama
 def make_loss(config, student, teacher):
     divergence = lm.TokenDivergence(config.loss, student, teacher)
     ce_weight = config.loss.get("ce_weight", 0.0)
+    if ce_weight and divergence.fused:
+        raise DistillError("config.loss.ce_weight needs the student's logits, which"
+                           " config.loss.fused never builds; use one or the other")
 
     def loss_fn(params, teacher_params, batch, rng, step):
         del step
@@ -26,7 +29,7 @@ def make_loss(config, student, teacher):
         if not ce_weight:
             return distill, {"distill/divergence": distill}
         logits = llama.logits_from_hidden(hidden[0], hidden[1])
-        nll = losses.masked_mean(lm.token_nll(logits, sequence.targets), sequence.loss_mask)
+        nll = lm.sequence_nll(logits, sequence)
         return distill + ce_weight * nll, {"distill/divergence": distill, "distill/nll": nll}
 
     return loss_fn

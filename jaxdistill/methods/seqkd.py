@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import jax
 
-from jaxdistill import losses
 from jaxdistill.methods import lm, register
 
 
@@ -24,7 +23,7 @@ def make_loss(config, student, teacher):
                                           config.sampling, eos_id)
         sequence = lm.with_continuation(batch, sampled.tokens, sampled.mask)
         logits = lm.logits(student, params, sequence, train=True, rng=dropout_rng)
-        nll = losses.masked_mean(lm.token_nll(logits, sequence.targets), sequence.loss_mask)
+        nll = lm.sequence_nll(logits, sequence)
         return nll, {"distill/sample_length": jax.numpy.mean(jax.numpy.sum(sampled.mask, -1))}
 
     return loss_fn

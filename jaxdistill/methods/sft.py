@@ -17,7 +17,7 @@ def make_loss(config, student, teacher):
         del teacher_params, step
         sequence = lm.real_text(batch)
         logits = lm.logits(student, params, sequence, train=True, rng=rng)
-        nll = losses.masked_mean(lm.token_nll(logits, sequence.targets), sequence.loss_mask)
+        nll = lm.sequence_nll(logits, sequence)
         return nll, {"accuracy": losses.accuracy(logits, sequence.targets, sequence.loss_mask)}
 
     return loss_fn

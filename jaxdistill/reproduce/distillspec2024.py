@@ -7,7 +7,7 @@ undistilled draft, as a pretrained small model would be), two with supervised KD
 continuations (fkl, tvd), and one on-policy with tvd (DistillSpec's recipe). Each draft then
 decodes the test prompts with the target by speculative sampling (`jaxdistill.speculative`):
 acceptance rate α (accepted / verified draft tokens) at temperature 1 and greedy, and block
-efficiency τ (tokens per target call, at most γ + 1).
+efficiency τ (tokens kept per target call, at most γ + 1).
 """
 
 from __future__ import annotations
@@ -33,7 +33,7 @@ def decode_statistics(config, target, draft, temperature: float) -> dict[str, fl
     """Acceptance rate and block efficiency of `draft` for `target` over the test prompts."""
     settings = config.speculative
     eos_id = data.spec(config.data).special_ids.eos
-    counts = np.zeros(3)  # accepted, rejected, rounds
+    counts = np.zeros(4)  # accepted, rejected, target calls, tokens emitted
     batches = data.eval_batches(config.data, "test", settings.batch_size)
     for index, batch in zip(range(-(-settings.num_prompts // settings.batch_size)), batches):
         prompts, lengths = generate.right_pad(batch["prompt"], batch["prompt_mask"])
@@ -42,11 +42,12 @@ def decode_statistics(config, target, draft, temperature: float) -> dict[str, fl
             gamma=settings.gamma, rng=jax.random.key(index), temperature=temperature,
             eos_id=eos_id)
         rows = np.asarray(batch["mask"], bool)
-        counts += [np.sum(np.asarray(x)[rows])
-                   for x in (out.num_accepted, out.num_rejected, out.num_rounds)]
-    accepted, rejected, rounds = counts
-    return {"acceptance": accepted / (accepted + rejected),
-            "block_efficiency": (accepted + rounds) / rounds}
+        counts += [np.sum(np.asarray(x)[rows]) for x in (
+            out.num_accepted, out.num_rejected, out.num_rounds, out.mask.sum(-1))]
+    accepted, rejected, rounds, tokens = counts
+    # Tokens per target call counts what was kept: a round cut short by EOS or the length
+    # limit yields fewer than its accepted tokens plus one.
+    return {"acceptance": accepted / (accepted + rejected), "block_efficiency": tokens / rounds}
 
 
 def _draft_results(load: ConfigLoader, scale: str, settings: dict, seed: int,
