@@ -45,13 +45,15 @@ def base() -> ml_collections.ConfigDict:
     # and MiniLM students), e.g. (0, 2, 5); empty initialises the student from scratch.
     c.student_init = ml_collections.ConfigDict({"teacher_layers": ()})
     # LM distillation: divergence (fkl, rkl, jsd, tvd, skl, srkl) with beta (jsd) and skew (α of
-    # skl/srkl); fused uses the fused linear-divergence kernel; teacher_top_k > 0 keeps only the
+    # skl/srkl); fused uses the fused linear-divergence kernel (fused_implementation: auto, xla
+    # or pallas); teacher_top_k > 0 keeps only the
     # teacher's top-k tokens, tail says how the rest of its mass counts (losses.sparse_divergence);
     # ce_weight adds cross-entropy on the real text; student_data_fraction
     # is GKD's λ; keep_fraction is AdaSPEC's share of tokens; taid holds TAID's schedule.
     c.loss = ml_collections.ConfigDict({
         "temperature": 1.0, "alpha": 0.5, "label_smoothing": 0.0, "divergence": "fkl",
-        "beta": 0.5, "skew": 0.1, "fused": False, "teacher_top_k": 0, "tail": "bucket",
+        "beta": 0.5, "skew": 0.1, "fused": False, "fused_implementation": "auto",
+        "teacher_top_k": 0, "tail": "bucket",
         "ce_weight": 0.0,
         "student_data_fraction": 0.0, "keep_fraction": 0.4,
         "taid": {"t_start": 0.4, "t_end": 1.0, "alpha": 5e-4, "momentum": 0.99}})
