@@ -19,12 +19,14 @@ import jax.numpy as jnp
 import numpy as np
 import scipy.stats
 
+from jaxdistill import losses
+
 
 def _classification_step(student, teacher):
     def eval_step(params, teacher_params, batch):
         mask = batch["mask"].astype(jnp.float32)
         logits = student.apply(params, batch["image"], train=False).astype(jnp.float32)
-        nll = -jnp.take_along_axis(jax.nn.log_softmax(logits), batch["label"][:, None], -1)[:, 0]
+        nll = losses.token_nll(logits, batch["label"])
         prediction = jnp.argmax(logits, -1)
         sums = {
             "count": jnp.sum(mask),
@@ -114,7 +116,7 @@ def _lm_step(student, teacher, sampling, eos_id):
     from jaxdistill.methods import lm
 
     def weighted_nll(logits, sequence, weights):
-        return jnp.sum(lm.token_nll(logits, sequence.targets) * weights)
+        return jnp.sum(losses.token_nll(logits, sequence.targets) * weights)
 
     def eval_step(params, teacher_params, batch):
         rows = batch["mask"].astype(jnp.float32)[:, None]

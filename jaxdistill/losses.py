@@ -208,6 +208,16 @@ def sparse_divergence(
     return masked_mean(per_position, mask)
 
 
+def _label_nll(log_probs: Array, labels: Array) -> Array:
+    return -jnp.take_along_axis(log_probs, labels[..., None], axis=-1)[..., 0]
+
+
+def token_nll(logits: Float[Array, "*batch classes"],
+              labels: Int[Array, "*batch"]) -> Float[Array, "*batch"]:
+    """−log softmax(logits)[label] at every position, unreduced, in float32."""
+    return _label_nll(jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1), labels)
+
+
 def cross_entropy(
     logits: Float[Array, "*batch classes"],
     labels: Int[Array, "*batch"],
@@ -217,7 +227,7 @@ def cross_entropy(
 ) -> Float[Array, ""]:
     """Mean softmax cross-entropy against integer labels, in float32."""
     log_probs = jax.nn.log_softmax(_clean_masked_rows(logits, mask).astype(jnp.float32), axis=-1)
-    nll = -jnp.take_along_axis(log_probs, labels[..., None], axis=-1)[..., 0]
+    nll = _label_nll(log_probs, labels)
     if label_smoothing:
         nll = (1.0 - label_smoothing) * nll - label_smoothing * jnp.mean(log_probs, axis=-1)
     return masked_mean(nll, mask)

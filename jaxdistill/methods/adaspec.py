@@ -19,6 +19,7 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
+from jaxdistill import losses
 from jaxdistill.errors import DistillError
 from jaxdistill.methods import lm, register
 from jaxdistill.models import llama
@@ -46,13 +47,12 @@ def make_loss(config, student, teacher):
         del step
         sequence = lm.real_text(batch)
         hidden = divergence.hidden_and_heads(params, teacher_params, sequence, rng)
-        student_logits, teacher_logits = jax.lax.stop_gradient(
-            (llama.logits_from_hidden(hidden[0], hidden[1]),
-             llama.logits_from_hidden(hidden[2], hidden[3])))
-        gap = (lm.token_nll(student_logits, sequence.targets)
-               - lm.token_nll(teacher_logits, sequence.targets))
+        student_logits = llama.logits_from_hidden(hidden[0], hidden[1])
+        teacher_logits = llama.logits_from_hidden(hidden[2], hidden[3])
+        gap = jax.lax.stop_gradient(losses.token_nll(student_logits, sequence.targets)
+                                    - losses.token_nll(teacher_logits, sequence.targets))
         selected = largest(gap, sequence.loss_mask, fraction)
-        value = divergence.from_hidden(*hidden, selected)
+        value = divergence.from_logits(student_logits, teacher_logits, selected)
         kept_gap = jnp.sum(gap * selected) / jnp.maximum(jnp.sum(selected), 1.0)
         return value, {"distill/selected_gap": kept_gap}
 

@@ -61,11 +61,6 @@ def logits(model: nn.Module, params, sequence: Sequence, *, train: bool,
     return llama.logits_from_hidden(hidden, llama.head_matrix(params))
 
 
-def token_nll(logits: Array, targets: Array) -> Float[Array, "*tokens"]:
-    log_probs = jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1)
-    return -jnp.take_along_axis(log_probs, targets[..., None], axis=-1)[..., 0]
-
-
 def sequence_nll(logits: Array, sequence: Sequence) -> Float[Array, ""]:
     """Mean next-token cross-entropy over the tokens the sequence counts."""
     return losses.cross_entropy(logits, sequence.targets, sequence.loss_mask)
@@ -73,10 +68,10 @@ def sequence_nll(logits: Array, sequence: Sequence) -> Float[Array, ""]:
 
 def divergence_settings(loss_config: ml_collections.ConfigDict) -> dict:
     """`losses.divergence`'s keyword settings from config.loss, checked before compiling."""
-    settings = {"temperature": loss_config.temperature, "beta": loss_config.get("beta", 0.5),
-                "alpha": loss_config.get("skew", 0.1)}
+    settings = {"temperature": loss_config.temperature, "beta": loss_config.beta,
+                "alpha": loss_config.skew}
     losses.check_divergence_args(loss_config.divergence, **settings)
-    if loss_config.get("fused", False) and loss_config.get("teacher_top_k", 0):
+    if loss_config.fused and loss_config.teacher_top_k:
         raise DistillError("config.loss.fused and config.loss.teacher_top_k exclude each other:"
                            " the fused kernel reads the teacher's whole head")
     return settings
@@ -96,11 +91,11 @@ class TokenDivergence:
                  teacher: nn.Module):
         self.kind = loss_config.divergence
         self.settings = divergence_settings(loss_config)
-        self.fused = loss_config.get("fused", False)
-        self.fused_implementation = loss_config.get("fused_implementation", "auto")
+        self.fused = loss_config.fused
+        self.fused_implementation = loss_config.fused_implementation
         self.scale = loss_config.temperature ** 2
-        self.top_k = loss_config.get("teacher_top_k", 0)
-        self.tail = loss_config.get("tail", "bucket")
+        self.top_k = loss_config.teacher_top_k
+        self.tail = loss_config.tail
         self.student, self.teacher = student, teacher
 
     def hidden_and_heads(self, params, teacher_params, sequence: Sequence, rng: Array):
@@ -114,25 +109,25 @@ class TokenDivergence:
     def from_hidden(self, student_hidden, student_head, teacher_hidden, teacher_head,
                     mask: Array) -> Array:
         """τ² × the mean divergence over the tokens `mask` counts, from hidden states and heads."""
-        return self.scale * self._mean_divergence(student_hidden, student_head, teacher_hidden,
-                                                  teacher_head, mask)
+        if not self.fused:
+            return self.from_logits(llama.logits_from_hidden(student_hidden, student_head),
+                                    llama.logits_from_hidden(teacher_hidden, teacher_head), mask)
+        return self.scale * fused_linear_divergence(
+            student_hidden.reshape(-1, student_hidden.shape[-1]), student_head,
+            teacher_hidden.reshape(-1, teacher_hidden.shape[-1]), teacher_head, self.kind,
+            mask=mask.reshape(-1), implementation=self.fused_implementation, **self.settings)
 
-    def _mean_divergence(self, student_hidden, student_head, teacher_hidden, teacher_head, mask):
-        if self.fused:
-            return fused_linear_divergence(
-                student_hidden.reshape(-1, student_hidden.shape[-1]), student_head,
-                teacher_hidden.reshape(-1, teacher_hidden.shape[-1]), teacher_head, self.kind,
-                mask=mask.reshape(-1), implementation=self.fused_implementation,
-                **self.settings)
-        student_logits = llama.logits_from_hidden(student_hidden, student_head)
-        teacher_logits = llama.logits_from_hidden(teacher_hidden, teacher_head)
+    def from_logits(self, student_logits, teacher_logits, mask: Array) -> Array:
+        """τ² × the mean divergence over the tokens `mask` counts, from both models' logits."""
         if self.top_k:
             targets = losses.top_k_targets(teacher_logits, self.top_k,
                                            temperature=self.settings["temperature"])
-            return losses.sparse_divergence(student_logits, *targets, self.kind, mask=mask,
-                                            tail=self.tail, **self.settings)
-        return losses.divergence(student_logits, teacher_logits, self.kind, mask=mask,
-                                 **self.settings)
+            value = losses.sparse_divergence(student_logits, *targets, self.kind, mask=mask,
+                                             tail=self.tail, **self.settings)
+        else:
+            value = losses.divergence(student_logits, teacher_logits, self.kind, mask=mask,
+                                      **self.settings)
+        return self.scale * value
 
     def __call__(self, params, teacher_params, sequence: Sequence, *, rng: Array,
                  mask: Array | None = None) -> Array:

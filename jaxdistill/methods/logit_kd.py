@@ -16,7 +16,7 @@ from jaxdistill.models import llama
 @register("logit_kd")
 def make_loss(config, student, teacher):
     divergence = lm.TokenDivergence(config.loss, student, teacher)
-    ce_weight = config.loss.get("ce_weight", 0.0)
+    ce_weight = config.loss.ce_weight
     if ce_weight and divergence.fused:
         raise DistillError("config.loss.ce_weight needs the student's logits, which"
                            " config.loss.fused never builds; use one or the other")
@@ -25,10 +25,12 @@ def make_loss(config, student, teacher):
         del step
         sequence = lm.real_text(batch)
         hidden = divergence.hidden_and_heads(params, teacher_params, sequence, rng)
-        distill = divergence.from_hidden(*hidden, sequence.loss_mask)
         if not ce_weight:
+            distill = divergence.from_hidden(*hidden, sequence.loss_mask)
             return distill, {"distill/divergence": distill}
         logits = llama.logits_from_hidden(hidden[0], hidden[1])
+        distill = divergence.from_logits(
+            logits, llama.logits_from_hidden(hidden[2], hidden[3]), sequence.loss_mask)
         nll = lm.sequence_nll(logits, sequence)
         return distill + ce_weight * nll, {"distill/divergence": distill, "distill/nll": nll}
 
