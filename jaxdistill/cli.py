@@ -68,6 +68,8 @@ def _parse_config(spec: str, overrides: list[str]):
 def _train(argv: list[str]) -> None:
     args, overrides = _train_parser().parse_known_args(argv)
     config = _parse_config(args.config, overrides)
+    import jax
+
     from jaxdistill import distributed, train
 
     distributed.initialize(args.distributed, args.coordinator_address, args.num_processes,
@@ -75,6 +77,9 @@ def _train(argv: list[str]) -> None:
 
     summary = train.train_and_evaluate(config, args.workdir, stop_after_steps=args.stop_after_steps,
                                        progress=not args.no_progress)
+    # Leave the multi-process runtime while every process is here, rather than in atexit
+    # handlers that also tear down checkpoint and writer threads (a no-op for one process).
+    jax.distributed.shutdown()
     if summary["preempted"]:
         sys.exit(args.preempted_exit_code)
 
