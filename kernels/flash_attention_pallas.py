@@ -21,13 +21,17 @@ import jax.numpy as jnp
 from jax import lax
 from jax.experimental import pallas as pl
 
-from jaxdistill.kernels import flash_attention as fa
+# Imported by name: the package exports the function `flash_attention`, which shadows this
+# module's name as an attribute of `jaxdistill.kernels`.
+from jaxdistill.kernels.flash_attention import (
+    backward_scores, causal_keep, causal_kv_blocks, dot_nn, dot_tn, forward_finish, forward_init,
+    forward_step, jvp_finish, jvp_init, jvp_step)
 
 
 def _keep(cfg, q_block, kv_block):
     if not cfg.causal:
         return None
-    return fa.causal_keep(q_block * cfg.block_q, kv_block * cfg.block_k, cfg.block_q,
+    return causal_keep(q_block * cfg.block_q, kv_block * cfg.block_k, cfg.block_q,
                           cfg.block_k)
 
 
@@ -55,10 +59,10 @@ def _forward_kernel(cfg, q_ref, k_ref, v_ref, out_ref, lse_ref):
 
     def body(j, state):
         rows = _rows(cfg.block_k, j)
-        return fa.forward_step(state, q, k_ref[rows, :], v_ref[rows, :], scale, _keep(cfg, i, j))
+        return forward_step(state, q, k_ref[rows, :], v_ref[rows, :], scale, _keep(cfg, i, j))
 
-    num_kv = fa.causal_kv_blocks(cfg, i, k_ref.shape[0] // cfg.block_k)
-    out, lse = fa.forward_finish(lax.fori_loop(0, num_kv, body, fa.forward_init(q.shape)))
+    num_kv = causal_kv_blocks(cfg, i, k_ref.shape[0] // cfg.block_k)
+    out, lse = forward_finish(lax.fori_loop(0, num_kv, body, forward_init(q.shape)))
     out_ref[...] = out.astype(out_ref.dtype)
     lse_ref[...] = lse
 
@@ -70,11 +74,11 @@ def _jvp_kernel(cfg, q_ref, k_ref, v_ref, q_dot_ref, k_dot_ref, v_dot_ref, out_r
 
     def body(j, state):
         rows = _rows(cfg.block_k, j)
-        return fa.jvp_step(state, q, k_ref[rows, :], v_ref[rows, :], q_dot, k_dot_ref[rows, :],
+        return jvp_step(state, q, k_ref[rows, :], v_ref[rows, :], q_dot, k_dot_ref[rows, :],
                            v_dot_ref[rows, :], scale, _keep(cfg, i, j))
 
-    num_kv = fa.causal_kv_blocks(cfg, i, k_ref.shape[0] // cfg.block_k)
-    out, out_dot = fa.jvp_finish(lax.fori_loop(0, num_kv, body, fa.jvp_init(q.shape)))
+    num_kv = causal_kv_blocks(cfg, i, k_ref.shape[0] // cfg.block_k)
+    out, out_dot = jvp_finish(lax.fori_loop(0, num_kv, body, jvp_init(q.shape)))
     out_ref[...] = out.astype(out_ref.dtype)
     out_dot_ref[...] = out_dot.astype(out_dot_ref.dtype)
 
@@ -87,11 +91,11 @@ def _dq_kernel(cfg, q_ref, k_ref, v_ref, d_out_ref, lse_ref, delta_ref, d_q_ref)
     def body(j, d_q):
         rows = _rows(cfg.block_k, j)
         k = k_ref[rows, :]
-        _, d_s = fa.backward_scores(q, k, v_ref[rows, :], d_out, lse, delta, scale,
+        _, d_s = backward_scores(q, k, v_ref[rows, :], d_out, lse, delta, scale,
                                     _keep(cfg, i, j))
-        return d_q + fa.dot_nn(d_s.astype(k.dtype), k) * scale
+        return d_q + dot_nn(d_s.astype(k.dtype), k) * scale
 
-    num_kv = fa.causal_kv_blocks(cfg, i, k_ref.shape[0] // cfg.block_k)
+    num_kv = causal_kv_blocks(cfg, i, k_ref.shape[0] // cfg.block_k)
     d_q = lax.fori_loop(0, num_kv, body, jnp.zeros(q.shape, jnp.float32))
     d_q_ref[...] = d_q.astype(d_q_ref.dtype)
 
@@ -103,10 +107,10 @@ def _dkv_kernel(cfg, q_ref, k_ref, v_ref, d_out_ref, lse_ref, delta_ref, d_k_ref
     def body(i, grads):
         rows = _rows(cfg.block_q, i)
         q, d_out = q_ref[rows, :], d_out_ref[rows, :]
-        p, d_s = fa.backward_scores(q, k, v, d_out, lse_ref[rows], delta_ref[rows], scale,
+        p, d_s = backward_scores(q, k, v, d_out, lse_ref[rows], delta_ref[rows], scale,
                                     _keep(cfg, i, j))
-        return (grads[0] + fa.dot_tn(d_s.astype(q.dtype), q) * scale,
-                grads[1] + fa.dot_tn(p.astype(d_out.dtype), d_out))
+        return (grads[0] + dot_tn(d_s.astype(q.dtype), q) * scale,
+                grads[1] + dot_tn(p.astype(d_out.dtype), d_out))
 
     first = lax.div(j * cfg.block_k, cfg.block_q) if cfg.causal else 0
     zeros = jnp.zeros(k.shape, jnp.float32)

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from jaxdistill.errors import DistillError
-from jaxdistill.kernels import flash_attention as fa
+from jaxdistill.kernels.flash_attention import attention_reference, flash_attention
 
 SHAPE = (2, 64, 2, 16)  # B, S, H, D
 BLOCKS = {"block_q": 16, "block_k": 32}
@@ -37,13 +37,13 @@ def _everything(attention, q, k, v, q_dot, k_dot, v_dot, cotangent):
 def _reference64(arrays, causal: bool):
     with jax.enable_x64(True):
         arrays = [jnp.asarray(x, jnp.float64) for x in arrays]
-        reference = functools.partial(fa.attention_reference, causal=causal)
+        reference = functools.partial(attention_reference, causal=causal)
         value, tangent, grads = _everything(reference, *arrays)
         return [np.asarray(x) for x in (value, tangent, *grads)]
 
 
 def _flash(arrays, dtype=jnp.float32, **kwargs):
-    attention = functools.partial(fa.flash_attention, **kwargs)
+    attention = functools.partial(flash_attention, **kwargs)
     value, tangent, grads = jax.jit(functools.partial(_everything, attention))(
         *(jnp.asarray(x, dtype) for x in arrays))
     return [np.asarray(x, np.float64) for x in (value, tangent, *grads)]
@@ -85,7 +85,7 @@ def test_vmap_matches_a_loop_over_the_mapped_axis():
     q, k, v, q_dot, k_dot, v_dot, cotangent = (
         jnp.asarray(x, jnp.float32) for x in _normal(7, shape=(3, *SHAPE)))
     k, k_dot = k[0], k_dot[0]
-    attention = functools.partial(fa.flash_attention, causal=True, implementation="xla", **BLOCKS)
+    attention = functools.partial(flash_attention, causal=True, implementation="xla", **BLOCKS)
 
     def one(q, v, q_dot, v_dot, cotangent):
         value, tangent = jax.jvp(attention, (q, k, v), (q_dot, k_dot, v_dot))
@@ -104,7 +104,7 @@ def test_checkpoint_and_linearize():
     arrays = _normal(8)
     q, k, v, q_dot, k_dot, v_dot, cotangent = (jnp.asarray(x, jnp.float32) for x in arrays)
     want = _reference64(arrays, causal=True)
-    attention = functools.partial(fa.flash_attention, causal=True, implementation="xla", **BLOCKS)
+    attention = functools.partial(flash_attention, causal=True, implementation="xla", **BLOCKS)
     grads = jax.jit(jax.grad(lambda *qkv: jnp.sum(jax.checkpoint(attention)(*qkv) * cotangent),
                              argnums=(0, 1, 2)))(q, k, v)
     assert all(_relative_error(g, w) < 1e-5 for g, w in zip(grads, want[2:]))
@@ -115,7 +115,7 @@ def test_checkpoint_and_linearize():
 
 def test_jvp_is_one_fused_kernel_and_grad_runs_the_backward():
     x = jnp.ones(SHAPE, jnp.float32)
-    attention = functools.partial(fa.flash_attention, implementation="xla", **BLOCKS)
+    attention = functools.partial(flash_attention, implementation="xla", **BLOCKS)
     jvp = str(jax.make_jaxpr(lambda *a: jax.jvp(attention, a, a))(x, x, x))
     assert "flash_attention_jvp" in jvp and "flash_attention_fwd" not in jvp
     grad = str(jax.make_jaxpr(jax.grad(lambda *a: jnp.sum(attention(*a))))(x, x, x))
@@ -133,10 +133,10 @@ def test_compiled_jvp_and_grad_memory_is_linear_in_sequence():
         return jax.jit(fn).lower(shape, shape, shape).compile().memory_analysis() \
             .temp_size_in_bytes
 
-    flash = functools.partial(fa.flash_attention, implementation="xla", block_q=128, block_k=128)
+    flash = functools.partial(flash_attention, implementation="xla", block_q=128, block_k=128)
     assert temporaries(lambda *a: jax.jvp(flash, a, a)) < square / 8
     assert temporaries(jax.grad(lambda *a: jnp.sum(flash(*a)), argnums=(0, 1, 2))) < square / 8
-    assert temporaries(lambda *a: jax.jvp(fa.attention_reference, a, a)) > square
+    assert temporaries(lambda *a: jax.jvp(attention_reference, a, a)) > square
 
 
 @pytest.mark.parametrize("shapes, kwargs, message", [
@@ -153,10 +153,10 @@ def test_compiled_jvp_and_grad_memory_is_linear_in_sequence():
 def test_bad_arguments_are_refused_before_compiling(shapes, kwargs, message):
     arrays = [jnp.zeros(s, jnp.float32) for s in shapes]
     with pytest.raises(DistillError, match=message):
-        fa.flash_attention(*arrays, **kwargs)
+        flash_attention(*arrays, **kwargs)
 
 
 def test_mixed_dtypes_are_refused():
     x = jnp.zeros(SHAPE, jnp.float32)
     with pytest.raises(DistillError, match="dtype"):
-        fa.flash_attention(x, x.astype(jnp.bfloat16), x)
+        flash_attention(x, x.astype(jnp.bfloat16), x)
