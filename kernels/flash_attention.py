@@ -490,10 +490,13 @@ def _check_blocks(family: str, seq_q: int, seq_k: int, head_dim: int, block_q: i
                            " use implementation='xla'")
 
 
-def _default_block(family: str, axis: int, seq: int, rows: int) -> int:
-    """Pallas: the family's default. XLA: the largest power of two up to 512 that divides S and
-    keeps one [rows=B·H, block, block] float32 score tile within 16 MiB."""
+def _default_block(family: str, axis: int, seq: int, rows: int, row_bytes: int) -> int:
+    """Pallas: the family's default, halved on GPU for rows wider than 256 bytes (D=128 in
+    float32 overflowed the H200's 227 KiB of shared memory at 64). XLA: the largest power of two
+    up to 512 that divides S and keeps one [rows=B·H, block, block] float32 tile within 16 MiB."""
     block = _DEFAULT_BLOCKS[family][axis]
+    if family == "gpu" and row_bytes > 256:
+        return block // 2
     if family != "xla":
         return block
     while block > 16 and rows * block * block * 4 > _XLA_TILE_BYTES:
@@ -518,14 +521,14 @@ def flash_attention(
     `causal` (causal query i sees keys 0..i). `implementation`: "auto" (Pallas on GPU/TPU, the
     chunked XLA path elsewhere), "xla", "pallas", or "pallas_interpret" (the Pallas kernels in
     interpret mode, for CPU tests). Blocks must divide the sequence lengths; Pallas GPU blocks
-    are powers of two (default 64), Pallas TPU blocks multiples of 128 (default 128), XLA blocks
+    are powers of two (default 64, 32 when D·itemsize > 256 bytes), Pallas TPU blocks multiples of 128 (default 128), XLA blocks
     any divisor (default: a power of two up to 512 dividing S, smaller when B·H is large).
     """
     _check_args(q, k, v, causal)
     implementation, interpret, family = _resolve(implementation)
-    rows = q.shape[0] * q.shape[2]
-    block_q = block_q or _default_block(family, 0, q.shape[1], rows)
-    block_k = block_k or _default_block(family, 1, k.shape[1], rows)
+    rows, row_bytes = q.shape[0] * q.shape[2], q.shape[3] * q.dtype.itemsize
+    block_q = block_q or _default_block(family, 0, q.shape[1], rows, row_bytes)
+    block_k = block_k or _default_block(family, 1, k.shape[1], rows, row_bytes)
     _check_blocks(family, q.shape[1], k.shape[1], q.shape[3], block_q, block_k)
     cfg = Config(bool(causal), implementation, int(block_q), int(block_k), interpret)
     return _attention(cfg, q, k, v)
