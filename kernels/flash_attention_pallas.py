@@ -7,7 +7,9 @@ path's (`flash_attention.forward_step`, `jvp_step`, `backward_scores`), so both 
 the same recurrences. A causal mask skips the blocks above the diagonal (the loop bounds stop
 at it) and masks the diagonal blocks with `jnp.where`. Sequence lengths must be multiples of
 the blocks (checked before tracing), so no block is ever partial and interpret mode's NaN
-padding never enters. `interpret=True` runs on the CPU and checks the math only; the whole K/V
+padding never enters. `interpret=True` runs on the CPU and checks the math only. Lowered
+through Triton and checked against the float64 reference on an H200 (jax 0.11.2; D = 32 to
+256, causal or not, float32 and bf16); never yet run on a TPU (Mosaic). The whole K/V
 (or Q) sequence of one head is one block in global memory on GPU, and in VMEM on TPU, which
 bounds the sequence a TPU core can take (about 1M elements of K plus V per head at bf16).
 """
