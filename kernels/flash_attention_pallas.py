@@ -5,7 +5,7 @@ All work on [B, H, S, D] arrays with grid (B, H, blocks). A query-block kernel h
 kernel of the backward (dk, dv) walks the query rows instead. The block arithmetic is the XLA
 path's (`flash_attention.forward_step`, `jvp_step`, `backward_scores`), so both paths compute
 the same recurrences. A causal mask skips the blocks above the diagonal (the loop bounds stop
-at it) and masks the diagonal blocks with `jnp.where`. Sequence lengths must be multiples of
+at it) and masks every block it reads with `jnp.where`. Sequence lengths must be multiples of
 the blocks (checked before tracing), so no block is ever partial and interpret mode's NaN
 padding never enters. `interpret=True` runs on the CPU and checks the math only. Lowered
 through Triton and checked against the float64 reference on an H200 (jax 0.11.2; D = 32 to
