@@ -100,18 +100,21 @@ def read_config(run_dir: str) -> ml_collections.ConfigDict:
 
 def load_params(run_dir: str, abstract_params):
     """The student parameters of the newest checkpoint of the run in `run_dir`, placed by the
-    shardings of `abstract_params` (only the params are read, not the optimizer state)."""
+    shardings of `abstract_params` (only the params are read, not the optimizer state). A run
+    that kept an EMA of its params (config.ema_decay > 0) is represented by the EMA, as its
+    evaluation was."""
+    key = "ema_params" if read_config(run_dir).get("ema_decay", 0.0) > 0 else "params"
     manager = ocp.CheckpointManager(epath.Path(run_dir).absolute() / "checkpoints")
     step = manager.latest_step()
     if step is None:
         raise DistillError(
             f"the run at {run_dir} has no finished checkpoint; train it to the end first"
             f" (`jaxdistill train --workdir {run_dir} ...`)")
-    target = {"params": abstract_params}
+    target = {key: abstract_params}
     restored = manager.restore(step, args=ocp.args.Composite(state=ocp.args.PyTreeRestore(
         item=target, restore_args=_restore_args(target), partial_restore=True)))
     manager.close()
-    return restored.state["params"]
+    return restored.state[key]
 
 
 

@@ -36,14 +36,16 @@ def base() -> ml_collections.ConfigDict:
     c.data = ml_collections.ConfigDict(
         {"name": "sklearn_digits", "data_dir": "", "train_split": "train", "cache": True,
          "tokenizer": "", "max_length": 64, "format": "", "prompt_length": 64,
-         "continuation_length": 64, "teacher_cache": ""})
+         "continuation_length": 64, "teacher_cache": "", "task": ""})
     c.student = ml_collections.ConfigDict({"model": "mlp", "num_classes": 10})
     # The teacher: a jaxdistill run's workdir (checkpoint), the config that trains one when that
     # is empty, or a Hugging Face model (pretrained: a directory or a known name).
     c.teacher = ml_collections.ConfigDict({"checkpoint": "", "config": "", "pretrained": ""})
     # teacher_layers: copy the teacher's embeddings and these layers into the student (DistilBERT
     # and MiniLM students), e.g. (0, 2, 5); empty initialises the student from scratch.
-    c.student_init = ml_collections.ConfigDict({"teacher_layers": ()})
+    # from_teacher starts the student as a copy of the whole teacher (consistency distillation,
+    # DMD2: same architecture).
+    c.student_init = ml_collections.ConfigDict({"teacher_layers": (), "from_teacher": False})
     # LM distillation: divergence (fkl, rkl, jsd, tvd, skl, srkl) with beta (jsd) and skew (α of
     # skl/srkl); fused uses the fused linear-divergence kernel (fused_implementation: auto, xla
     # or pallas); teacher_top_k > 0 keeps only the
@@ -59,6 +61,36 @@ def base() -> ml_collections.ConfigDict:
         "taid": {"t_start": 0.4, "t_end": 1.0, "alpha": 5e-4, "momentum": 0.99}})
     # Sampling continuations (on-policy methods, seqkd): not the loss's temperature.
     c.sampling = ml_collections.ConfigDict({"temperature": 1.0, "top_k": 0, "top_p": 1.0})
+    # Diffusion and flow models (jaxdistill.diffusion): parameterization edm, trigflow or flow
+    # with its noise range and log-normal training-noise distribution (p_mean, p_std);
+    # label_dropout is the share of labels dropped for classifier-free guidance.
+    c.diffusion = ml_collections.ConfigDict({
+        "parameterization": "edm", "sigma_data": 0.5, "sigma_min": 0.002, "sigma_max": 80.0,
+        "rho": 7.0, "p_mean": -1.2, "p_std": 1.2, "label_dropout": 0.0})
+    # Consistency models (cd, ict, scm/sct). cd: `discretization` N noise levels, EMA `target_ema`
+    # μ of the target network, distance `metric` (l2 or pseudo_huber, whose c is `huber_c`,
+    # 0 for iCT's 0.00054·√d). ict: discretization curriculum from `curriculum_start` s0 to
+    # `curriculum_end` s1 levels. scm and sct: tangent warm-up over `tangent_warmup_steps`, tangent
+    # normalisation constant `tangent_c`.
+    c.consistency = ml_collections.ConfigDict({
+        "discretization": 18, "target_ema": 0.95, "metric": "l2", "huber_c": 0.0,
+        "curriculum_start": 10, "curriculum_end": 1280, "tangent_warmup_steps": 1000,
+        "tangent_c": 0.1})
+    # MeanFlow: the share of pairs with r ≠ t (`ratio`), and the adaptive loss weight
+    # 1/(‖Δ‖² + c)^p (`adaptive_p`, `adaptive_c`).
+    c.meanflow = ml_collections.ConfigDict({"ratio": 0.25, "adaptive_p": 1.0,
+                                            "adaptive_c": 1e-3})
+    # DMD2: the fake-score network's updates per generator update (two time-scale rule) and
+    # their learning rate, the teacher's guidance scale in the real score, and the times the
+    # generator is trained to denoise from (empty: one step from σ_max; more for a multi-step
+    # generator, reached by backward simulation from its own one-step samples).
+    c.dmd2 = ml_collections.ConfigDict({"fake_updates": 5, "fake_lr": 2e-4, "guidance": 1.0,
+                                        "generator_times": ()})
+    # How a generative model samples at evaluation: sampler (euler, heun, consistency,
+    # meanflow), steps, guidance scale, and the intermediate times of multistep consistency
+    # sampling (empty: spaced like the Karras grid).
+    c.generation = ml_collections.ConfigDict(
+        {"sampler": "heun", "steps": 18, "guidance": 1.0, "times": ()})
     c.optimizer = ml_collections.ConfigDict({
         "name": "adamw", "lr": 1e-3, "schedule": "cosine", "warmup_steps": 0, "b1": 0.9,
         "b2": 0.999, "weight_decay": 0.0, "momentum": 0.9, "nesterov": False,

@@ -7,7 +7,9 @@ Each task has a jitted per-batch step and a host-side reduction:
   rank like the teacher's (Spearman), and how often both pick the same nearest neighbour;
 - lm: per-token sums on the real text (the student's NLL, and with a teacher its NLL and the
   top-1 agreement of the two), and for prompt data the teacher's NLL of continuations the
-  student samples (config.sampling, a fixed key per batch position so every eval draws alike).
+  student samples (config.sampling, a fixed key per batch position so every eval draws alike);
+- generation: the student's samples (config.generation) beside the split's real examples, as
+  many of each, scored by the sliced Wasserstein distance (`diffusion.sliced_wasserstein`).
 """
 
 from __future__ import annotations
@@ -101,12 +103,17 @@ def similarity_agreement(student: np.ndarray, teacher: np.ndarray) -> dict[str, 
     return metrics
 
 
-def _summarize_sentences(batch_outputs: Iterable[dict]) -> dict[str, float]:
+def _gather_masked(batch_outputs: Iterable[dict]) -> dict[str, np.ndarray]:
+    """The per-example outputs of every batch, concatenated on the host, padding rows dropped."""
     fetched = [jax.device_get(outputs) for outputs in batch_outputs]
     mask = np.concatenate([np.asarray(o["mask"], bool) for o in fetched])
-    gathered = {key: np.concatenate([np.asarray(o[key], np.float64) for o in fetched])[mask]
-                for key in fetched[0] if key != "mask"}
-    metrics = {"examples": int(mask.sum())}
+    return {key: np.concatenate([np.asarray(o[key], np.float64) for o in fetched])[mask]
+            for key in fetched[0] if key != "mask"}
+
+
+def _summarize_sentences(batch_outputs: Iterable[dict]) -> dict[str, float]:
+    gathered = _gather_masked(batch_outputs)
+    metrics = {"examples": len(gathered["embedding"])}
     if "teacher_embedding" in gathered:
         metrics.update(similarity_agreement(gathered["embedding"], gathered["teacher_embedding"]))
     return metrics
@@ -159,17 +166,52 @@ def _summarize_lm(batch_sums: Iterable[dict]) -> dict[str, float]:
     return metrics
 
 
+def _generation_step(student, config, num_classes):
+    """Samples as many points as the batch has, from noise keyed by the batch's first row index
+    (so every evaluation of a split draws the same noise), beside the real ones."""
+    from jaxdistill import diffusion
+
+    param = diffusion.parameterization(config.diffusion)
+    generation = config.generation
+    diffusion.check_sampling(param, generation.sampler, generation.steps,
+                             tuple(generation.times))
+
+    def eval_step(params, teacher_params, batch):
+        del teacher_params  # the metrics compare the student with the data
+        net = diffusion.network(student, params, generation.guidance, num_classes or 0)
+        rng = jax.random.fold_in(jax.random.key(config.seed), batch["index"][0])
+        samples = diffusion.sample(param, net, rng, batch["x"].shape, batch.get("label"),
+                                   sampler=generation.sampler, steps=generation.steps,
+                                   times=tuple(generation.times))
+        return {"samples": samples, "real": batch["x"], "mask": batch["mask"]}
+
+    return eval_step
+
+
+def _summarize_generation(batch_outputs: Iterable[dict]) -> dict[str, float]:
+    from jaxdistill import diffusion
+
+    gathered = _gather_masked(batch_outputs)
+    finite = np.all(np.isfinite(gathered["samples"].reshape(len(gathered["samples"]), -1)), -1)
+    return {"swd": diffusion.sliced_wasserstein(np.nan_to_num(gathered["samples"]),
+                                                gathered["real"]),
+            "nonfinite_samples": int(np.sum(~finite)), "examples": len(finite)}
+
+
 _STEPS = {"classification": _classification_step, "sentences": _sentence_step}
 _SUMMARIES = {"classification": _summarize_classification, "sentences": _summarize_sentences,
-              "lm": _summarize_lm}
+              "lm": _summarize_lm, "generation": _summarize_generation}
 
 
-def make_eval_step(dataset, student, teacher, sampling=None):
+def make_eval_step(dataset, student, teacher, config):
     """`eval_step(params, teacher_params, batch) -> outputs` for the dataset's task.
 
-    `sampling` (config.sampling) is how an LM student samples continuations of eval prompts."""
+    The run's config says how an LM student samples continuations of eval prompts
+    (config.sampling) and how a generative model samples (config.diffusion, .generation)."""
     if dataset.task == "lm":
-        return _lm_step(student, teacher, sampling, dataset.special_ids.eos)
+        return _lm_step(student, teacher, config.sampling, dataset.special_ids.eos)
+    if dataset.task == "generation":
+        return _generation_step(student, config, dataset.num_classes)
     return _STEPS[dataset.task](student, teacher)
 
 

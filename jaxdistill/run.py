@@ -17,7 +17,9 @@ import math
 from typing import Any, Sequence
 
 import flax.linen as nn
+from flax import traverse_util
 import jax
+import jax.numpy as jnp
 import ml_collections
 import optax
 
@@ -161,6 +163,8 @@ def _check_model(owner: str, model_config, dataset: data.DatasetSpec) -> None:
     """The model's output classes or vocabulary must be the dataset's."""
     for field, want in (("num_classes", dataset.num_classes), ("vocab_size", dataset.vocab_size)):
         have = model_config.get(field)
+        if field == "num_classes" and dataset.task == "generation" and not have:
+            continue  # an unconditional generative model of labelled data
         if want is not None and have != want:
             what = (f"predicts {have} classes" if field == "num_classes"
                     else f"has a vocabulary of {have} tokens")
@@ -222,6 +226,34 @@ def _check_init_from_teacher(student_abstract, teacher_abstract, layers) -> None
                 " student the teacher's widths or initialise it from scratch (teacher_layers=())")
 
 
+def _copy_teacher(params, teacher_params):
+    """The student's params with every weight the teacher also has replaced by the teacher's;
+    weights only the student has (sCM's adaptive-weighting head) keep their initialisation."""
+    flat_teacher = traverse_util.flatten_dict(teacher_params)
+    return traverse_util.unflatten_dict({
+        path: jnp.copy(flat_teacher[path]) if path in flat_teacher else value
+        for path, value in traverse_util.flatten_dict(params).items()})
+
+
+def _check_copy_teacher(config, teacher, example_inputs, student, teacher_params) -> None:
+    """config.student_init.from_teacher needs a teacher whose every weight the student has,
+    with the same shape."""
+    if teacher is None:
+        raise DistillError(f"config.student_init.from_teacher needs a teacher, and method"
+                           f" {config.method!r} has none; set it to False")
+    student_shapes = traverse_util.flatten_dict(jax.eval_shape(lambda: nn.unbox(
+        student.init(jax.random.key(0), *example_inputs, train=False))))
+    for path, weight in traverse_util.flatten_dict(teacher_params).items():
+        have = student_shapes.get(path)
+        if have is None or have.shape != weight.shape:
+            found = "lacks" if have is None else f"has as {have.shape}"
+            raise DistillError(
+                f"config.student_init.from_teacher copies the teacher's {'/'.join(path)} of"
+                f" shape {weight.shape}, which the student {found};"
+                " give config.student the teacher's model settings or set"
+                " student_init.from_teacher=False")
+
+
 def build(config: ml_collections.ConfigDict, *,
           devices: Sequence[jax.Device] | None = None) -> Run:
     method = methods.get(config.method)
@@ -246,10 +278,15 @@ def build(config: ml_collections.ConfigDict, *,
             params = nn.unbox(params)
             if teacher_layers:
                 params = _init_from_teacher(params, teacher_params, teacher_layers)
+            if config.student_init.from_teacher:
+                params = _copy_teacher(params, teacher_params)
         # Boxed (logically annotated) params make optax's states carry the same annotations.
         return state_lib.create(params, optimizer, state_rng, ema=config.ema_decay > 0,
-                                snapshot=method.self_teacher, method_state=loss.init_state())
+                                snapshot=method.self_teacher,
+                                method_state=loss.init_state(params))
 
+    if config.student_init.from_teacher:
+        _check_copy_teacher(config, teacher, example_inputs, student, teacher_params)
     if teacher_layers and teacher is None:
         raise DistillError(f"config.student_init.teacher_layers needs a teacher, and method"
                            f" {config.method!r} has none; set teacher_layers=()")
@@ -274,7 +311,7 @@ def build(config: ml_collections.ConfigDict, *,
         donate_argnums=0,
     )
     eval_step = jax.jit(
-        evaluate.make_eval_step(dataset, student, teacher, config.sampling),
+        evaluate.make_eval_step(dataset, student, teacher, config),
         in_shardings=(state_shardings.params, teacher_shardings, batch_sharding),
         out_shardings=replicated,
     )

@@ -27,14 +27,14 @@ import ml_collections
 import numpy as np
 import tensorflow_datasets as tfds
 
-from jaxdistill.data import bundled_docs, bundled_sentences, sklearn_digits  # noqa: F401 (TFDS)
+from jaxdistill.data import bundled_docs, bundled_sentences, sklearn_digits, toy_2d  # noqa: F401
 from jaxdistill.data import lm_formats, text_tokenizers
 from jaxdistill.errors import DistillError
 
 tfds.display_progress_bar(False)
 
 # Datasets that ship with the installed packages: prepared offline on first use.
-BUNDLED = ("sklearn_digits", "bundled_sentences", "bundled_docs")
+BUNDLED = ("sklearn_digits", "bundled_sentences", "bundled_docs", "toy_2d")
 # Text datasets whose examples are sentences to embed; other text datasets are LM corpora.
 SENTENCE_DATASETS = ("bundled_sentences",)
 TEXT_FORMATS = ("sentences", *lm_formats.FORMATS)
@@ -64,9 +64,20 @@ def _builder(data_config: ml_collections.ConfigDict) -> tfds.core.DatasetBuilder
         raise DistillError(
             f"unknown dataset {data_config.name!r}; use {' or '.join(map(repr, BUNDLED))} offline"
             " or a TFDS name such as 'mnist'") from None
-    if data_config.name in BUNDLED:
+    if _bundled(data_config):
         builder.download_and_prepare(file_format="array_record")
     return builder
+
+
+def _bundled(data_config: ml_collections.ConfigDict) -> bool:
+    return data_config.name.split("/")[0] in BUNDLED
+
+
+def generative(data_config: ml_collections.ConfigDict) -> bool:
+    """Whether the run models the data itself (task "generation": diffusion, flow and
+    consistency models) rather than predicting labels or tokens."""
+    return data_config.get("task", "") == "generation" or "point" in _builder(
+        data_config).info.features
 
 
 def text_format(data_config: ml_collections.ConfigDict) -> str | None:
@@ -107,6 +118,8 @@ def _tokenizer(data_config: ml_collections.FrozenConfigDict, max_length: int | N
 def spec(data_config: ml_collections.ConfigDict) -> DatasetSpec:
     info = _builder(data_config).info
     split_sizes = {name: num_examples(data_config, name) for name in info.splits}
+    if generative(data_config):
+        return _generation_spec(info, split_sizes)
     text = text_format(data_config)
     if text == "sentences":
         length = data_config.max_length
@@ -124,6 +137,18 @@ def spec(data_config: ml_collections.ConfigDict) -> DatasetSpec:
         task="classification", split_sizes=split_sizes,
         inputs={"image": (tuple(info.features["image"].shape), np.float32)},
         num_classes=info.features["label"].num_classes)
+
+
+def _generation_spec(info, split_sizes: dict[str, int]) -> DatasetSpec:
+    """A denoiser's inputs: the noisy sample, its time, and the class where the data has one."""
+    features = info.features
+    sample = features["point"] if "point" in features else features["image"]
+    inputs = {"x": (tuple(sample.shape), np.float32), "time": ((), np.float32)}
+    num_classes = features["label"].num_classes if "label" in features else None
+    if num_classes:
+        inputs["label"] = ((), np.int32)
+    return DatasetSpec(task="generation", inputs=inputs, split_sizes=split_sizes,
+                       num_classes=num_classes)
 
 
 def num_examples(data_config: ml_collections.ConfigDict, split: str) -> int:
@@ -146,7 +171,7 @@ def source(data_config: ml_collections.ConfigDict, split: str):
     try:
         return tfds.data_source(
             data_config.name, split=split, data_dir=data_config.data_dir or None,
-            download=data_config.name in BUNDLED)
+            download=_bundled(data_config))
     except (AssertionError, FileNotFoundError) as e:
         raise DistillError(
             f"dataset {data_config.name!r} split {split!r} is not prepared under"
@@ -197,6 +222,15 @@ def _preprocessor(data_config: ml_collections.ConfigDict) -> Callable[[dict], di
         return {"input_ids": np.asarray([e.ids for e in encoded], np.int32),
                 "attention_mask": np.asarray([e.attention_mask for e in encoded], np.int32)}
 
+    def samples(batch: dict) -> dict:
+        if "point" in batch:
+            return {"x": np.asarray(batch["point"], np.float32)}
+        # Images in [-1, 1], where σ_data = 0.5 (EDM's setting) describes them.
+        return {"x": np.asarray(batch["image"], np.float32) / 127.5 - 1.0,
+                "label": np.asarray(batch["label"], np.int32)}
+
+    if generative(data_config):
+        return samples
     return images if text_format(data_config) is None else sentences
 
 
@@ -287,7 +321,8 @@ def train_iterator(
 def eval_batches(
     data_config: ml_collections.ConfigDict, split: str, global_batch_size: int
 ) -> Iterator[dict]:
-    """The whole split (this process's rows of it) in batches padded to one size, with a `mask`."""
+    """The whole split (this process's rows of it) in batches padded to one size, with a `mask`
+    and each row's `index` in the split (what seeds per-example randomness, e.g. sampling)."""
     local = _local_batch_size(global_batch_size)
     offset = jax.process_index() * local
     num_examples, read = reader(data_config, split)
@@ -295,4 +330,4 @@ def eval_batches(
         rows = np.arange(start + offset, start + offset + local)
         mask = rows < num_examples
         batch = read(np.where(mask, rows, 0))  # padding rows repeat example 0, masked out
-        yield {**batch, "mask": mask}
+        yield {**batch, "mask": mask, "index": rows.astype(np.int32)}

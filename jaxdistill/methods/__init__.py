@@ -27,14 +27,16 @@ LossFactory = Callable[[ml_collections.ConfigDict, nn.Module, "nn.Module | None"
 class StatefulLoss:
     """A loss with state carried between steps outside the gradient (TAID's adaptive schedule).
 
-    `loss_fn(params, teacher_params, batch, rng, step, method_state) -> (loss, metrics)`; after
-    each step (number `step`, counted from 0) the engine stores
-    `update_state(method_state, step, loss, metrics)`.
+    `loss_fn(params, teacher_params, batch, rng, step, method_state) -> (loss, metrics)`; the
+    state starts as `init_state(params)` (the student's initial params) and after each step
+    (number `step`, counted from 0) the engine stores
+    `update_state(method_state, step, loss, metrics, params)` with the updated params (what an
+    EMA target network follows).
     """
 
     loss_fn: Callable[..., tuple[Any, dict]]
-    init_state: Callable[[], Any]
-    update_state: Callable[[Any, Any, Any, dict], Any]
+    init_state: Callable[[Any], Any]
+    update_state: Callable[[Any, Any, Any, dict, Any], Any]
 
 
 def as_stateful(loss: "LossFn | StatefulLoss") -> StatefulLoss:
@@ -44,7 +46,7 @@ def as_stateful(loss: "LossFn | StatefulLoss") -> StatefulLoss:
     return StatefulLoss(
         loss_fn=lambda params, teacher_params, batch, rng, step, _: loss(
             params, teacher_params, batch, rng, step),
-        init_state=lambda: None, update_state=lambda method_state, *_: method_state)
+        init_state=lambda params: None, update_state=lambda method_state, *_: method_state)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -59,7 +61,8 @@ class Method:
 
 _REGISTRY: dict[str, Method] = {}
 _BUILTIN_MODULES = ("supervised", "kd", "features", "minilm", "born_again", "pskd", "sft",
-                    "logit_kd", "cached_kd", "seqkd", "gkd", "distillspec", "taid", "adaspec")
+                    "logit_kd", "cached_kd", "seqkd", "gkd", "distillspec", "taid", "adaspec",
+                    "diffusion", "cd", "ict", "scm", "meanflow", "dmd2")
 
 
 def register(name: str, *, needs_teacher: bool = True,

@@ -63,12 +63,13 @@ def make_loss(config, student, teacher):
                                        sequence.loss_mask)
         return value, {"distill/taid_t": t}
 
-    def init_state():
+    def init_state(params):
+        del params
         return {"t": jnp.float32(settings.t_start), "momentum": jnp.float32(0.0),
                 "previous": jnp.float32(jnp.inf)}
 
-    def update_state(state, step, objective, metrics):
-        del metrics
+    def update_state(state, step, objective, metrics, params):
+        del metrics, params
         return next_t(state, objective, step, config.total_steps, settings)
 
     return StatefulLoss(loss_fn, init_state, update_state)

@@ -1,0 +1,25 @@
+"""Mean Flows (Geng et al., 2025): `meanflow`, one-step generation trained from data.
+
+  jaxdistill train --config configs/meanflow2025.py:local --workdir runs/meanflow_2d
+
+The paper's settings: the linear flow with t = 1 pure noise, logit-normal (−0.4, 1.0) times,
+25% of pairs with r ≠ t, the network conditioned on (t, t − r), adaptive weighting p = 1,
+c = 1e-3, Adam; evaluation with the EMA of the weights and 1-step sampling
+(`--config.generation.steps=2` for two).
+"""
+
+from jaxdistill.configs import diffusion_2d
+
+
+def get_config(arg=None):
+    scale, _ = diffusion_2d.parse(arg)
+    config = diffusion_2d.toy_base(scale, "flow")
+    config.method = "meanflow"
+    config.student.interval_conditioning = True
+    config.meanflow.update({"ratio": 0.25, "adaptive_p": 1.0, "adaptive_c": 1e-3})
+    config.ema_decay = 0.999
+    config.optimizer.update({"lr": 1e-3, "warmup_steps": 200})
+    config.generation.update({"sampler": "meanflow", "steps": 1})
+    if scale != "smoke":
+        config.total_steps = 8000
+    return config

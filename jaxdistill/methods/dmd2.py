@@ -1,0 +1,103 @@
+"""DMD2: improved distribution matching distillation (Yin et al., NeurIPS 2024).
+
+A generator G (the student, initialised from the EDM teacher) maps noise to data in one step,
+G(z) = f_θ(σ_max·z, σ_max). Its loss follows the distribution-matching gradient: the difference
+between a "fake" score network, trained on G's own samples, and the teacher's ("real") score at
+a noised version of G's sample,
+    x = G(z),  x_t = x + σ·ε,  grad = (D_fake(x_t) − D_real(x_t)) / mean|x − D_real(x_t)|,
+    loss = ½·‖x − sg(x − grad)‖²,
+so G moves where the teacher's denoiser points and away from where its own distribution's does.
+The fake score is a copy of the teacher, trained by denoising score matching on sg(G(z)); it is
+carried in the method state with its own Adam and updated `fake_updates` times per generator
+update (the two time-scale rule that replaces DMD's regression loss). A multi-step generator
+(config.dmd2.generator_times) is also trained at inner times, on its own one-step samples
+re-noised (backward simulation). Not implemented: the optional GAN head on the fake score.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from jaxdistill import data, diffusion
+from jaxdistill.methods import StatefulLoss, register
+from jaxdistill.methods.cd import edm_parameterization
+
+
+@register("dmd2")
+def make_loss(config, student, teacher):
+    param = edm_parameterization(config, "dmd2")
+    settings = config.dmd2
+    num_classes = config.student.get("num_classes", 0)
+    sample_shape = (config.batch_size, *data.spec(config.data).inputs["x"][0])
+    times = jnp.asarray(np.array([param.t_max, *settings.generator_times], np.float32))
+    fake_optimizer = optax.adam(settings.fake_lr, b1=0.0, b2=0.99)  # DMD2's fake-score Adam
+
+    def generate(params, rng, n, label):
+        """G's samples, each from one of the generator times (backward simulation for the
+        inner ones: its own one-step sample re-noised)."""
+        noise_rng, renoise_rng, time_rng = jax.random.split(rng, 3)
+        generator = diffusion.network(student, params, train=True)
+        shape = (n, *sample_shape[1:])
+        x_max = param.prior(noise_rng, shape)
+        t_max = jnp.full((n,), param.t_max)
+        one_step = diffusion.consistency_function(param, generator, x_max, t_max, label)
+        if len(times) == 1:
+            return one_step
+        t = times[jax.random.randint(time_rng, (n,), 0, len(times))]
+        x_t = jnp.where(diffusion.per_example(t, x_max) == param.t_max, x_max, param.noisy(
+            jax.lax.stop_gradient(one_step), jax.random.normal(renoise_rng, shape), t))
+        return diffusion.consistency_function(param, generator, x_t, t, label)
+
+    def labels(rng, n):
+        return jax.random.randint(rng, (n,), 0, num_classes) if num_classes else None
+
+    def loss_fn(params, teacher_params, batch, rng, step, fake):
+        del step
+        n = batch["x"].shape[0]
+        gen_rng, time_rng, noise_rng, label_rng = jax.random.split(rng, 4)
+        label = labels(label_rng, n)
+        x = generate(params, gen_rng, n, label)
+        t = param.sample_time(time_rng, n)
+        x_t = jax.lax.stop_gradient(param.noisy(x, jax.random.normal(noise_rng, x.shape), t))
+        real = param.denoise(diffusion.network(teacher, teacher_params, settings.guidance,
+                                               num_classes), x_t, t, label)
+        fake_denoised = param.denoise(diffusion.network(student, fake["params"]), x_t, t, label)
+        scale = jnp.mean(jnp.abs(jnp.reshape(x - real, (n, -1))), axis=-1)
+        grad = jax.lax.stop_gradient(
+            (fake_denoised - real) / diffusion.per_example(jnp.maximum(scale, 1e-8), x))
+        per_example = 0.5 * jnp.sum(jnp.reshape(x - jax.lax.stop_gradient(x - grad), (n, -1)) ** 2,
+                                    axis=-1)
+        loss, nonfinite = diffusion.finite_mean(per_example)
+        return loss, {"nonfinite": nonfinite, "dmd_gradient": jnp.mean(scale)}
+
+    def fake_loss(fake_params, generator_params, rng):
+        gen_rng, time_rng, noise_rng, label_rng = jax.random.split(rng, 4)
+        n = sample_shape[0]
+        label = labels(label_rng, n)
+        x0 = jax.lax.stop_gradient(generate(generator_params, gen_rng, n, label))
+        t = param.sample_time(time_rng, n)
+        noise = jax.random.normal(noise_rng, x0.shape)
+        x_t = param.noisy(x0, noise, t)
+        raw = param.raw(diffusion.network(student, fake_params, train=True), x_t, t, label)
+        return diffusion.finite_mean(param.training_loss(raw, x0, noise, x_t, t))[0]
+
+    def init_state(params):
+        fake = jax.tree.map(jnp.copy, params)
+        return {"params": fake, "opt_state": fake_optimizer.init(fake)}
+
+    def update_state(fake, step, loss, metrics, params):
+        del loss, metrics
+
+        def fake_update(fake, index):
+            rng = jax.random.fold_in(jax.random.key(config.seed + 1), step * 1000 + index)
+            grads = jax.grad(fake_loss)(fake["params"], params, rng)
+            updates, opt_state = fake_optimizer.update(grads, fake["opt_state"], fake["params"])
+            return {"params": optax.apply_updates(fake["params"], updates),
+                    "opt_state": opt_state}, None
+
+        return jax.lax.scan(fake_update, fake, jnp.arange(settings.fake_updates))[0]
+
+    return StatefulLoss(loss_fn, init_state, update_state)

@@ -1,0 +1,69 @@
+"""Mean Flows for one-step generation (Geng, Deng, Bai, Kolter & He, 2025).
+
+The network u_θ(z_t, r, t) learns the average velocity over [r, t] of the flow
+z_t = (1 − t)·x + t·ε (velocity v = ε − x), from the MeanFlow identity
+    u(z_t, r, t) = v(z_t, t) − (t − r)·du/dt,    du/dt = v·∂_z u + ∂_t u,
+with du/dt from one `jax.jvp` along (v, 0, 1) through the network (with the params stopped
+first, so the JVP is never differentiated):
+    loss = sg(w)·‖u_θ − sg(v − (t − r)·du/dt)‖²,   w = 1/(‖Δ‖² + c)^p   (adaptive weighting).
+t and r are logit-normal (−0.4, 1.0) draws sorted so r ≤ t, and r = t for all but `ratio` of the
+pairs (the paper's 25%); the network sees t and t − r. One step samples x = ε − u(ε, 0, 1).
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+
+from jaxdistill import diffusion
+from jaxdistill.errors import DistillError
+from jaxdistill.methods import register
+
+
+def time_pairs(param: diffusion.Parameterization, rng, n: int, ratio: float):
+    """(r, t) with r ≤ t, and r = t for all but a `ratio` share of them."""
+    first, second, pick = jax.random.split(rng, 3)
+    a, b = param.sample_time(first, n), param.sample_time(second, n)
+    t, r = jnp.maximum(a, b), jnp.minimum(a, b)
+    return jnp.where(jax.random.uniform(pick, (n,)) < ratio, r, t), t
+
+
+@register("meanflow", needs_teacher=False)
+def make_loss(config, student, teacher):
+    del teacher
+    param = diffusion.parameterization(config.diffusion)
+    if not isinstance(param, diffusion.Flow) or not config.student.get("interval_conditioning"):
+        raise DistillError("method 'meanflow' models the linear flow with a two-time network; set"
+                           " config.diffusion.parameterization=flow and"
+                           " config.student.interval_conditioning=True")
+    settings = config.meanflow
+    num_classes = config.student.get("num_classes", 0)
+    scale = diffusion.TIME_SCALE
+    per_example = diffusion.per_example
+
+    def loss_fn(params, teacher_params, batch, rng, step):
+        del teacher_params, step
+        x0 = batch["x"]
+        label = batch.get("label") if num_classes else None
+        time_rng, noise_rng = jax.random.split(rng)
+        r, t = time_pairs(param, time_rng, x0.shape[0], settings.ratio)
+        noise = jax.random.normal(noise_rng, x0.shape)
+        z = param.noisy(x0, noise, t)
+        v = noise - x0
+
+        def u(params, z, c_noise, interval):
+            return student.apply(params, z, c_noise, label, train=True,
+                                 interval=interval).astype(jnp.float32)
+
+        ones = jnp.ones_like(t)
+        _, dudt = jax.jvp(lambda z, c, i: u(jax.lax.stop_gradient(params), z, c, i),
+                          (z, scale * t, scale * (t - r)), (v, scale * ones, scale * ones))
+        target = jax.lax.stop_gradient(v - per_example(t - r, z) * dudt)
+        error = jnp.sum(jnp.reshape(u(params, z, scale * t, scale * (t - r)) - target,
+                                    (z.shape[0], -1)) ** 2, axis=-1)
+        weight = jax.lax.stop_gradient(
+            1.0 / (error + settings.adaptive_c) ** settings.adaptive_p)
+        loss, nonfinite = diffusion.finite_mean(weight * error)
+        return loss, {"nonfinite": nonfinite, "squared_error": jnp.mean(error)}
+
+    return loss_fn

@@ -1,0 +1,95 @@
+"""Continuous-time consistency models in TrigFlow (Lu & Song, ICLR 2025): `scm` distils a
+TrigFlow teacher (sCD), `sct` trains from data alone (sCT).
+
+With x_t = cos t·x0 + sin t·z (z ~ N(0, σ_d²)), the student f_θ(x_t, t) = cos t·x_t −
+sin t·σ_d·F_θ(x_t/σ_d, t) learns from the tangent of its own stop-gradient copy θ⁻
+(Algorithm 1):
+    dx_t/dt = σ_d·F_teacher(x_t/σ_d, t)   (sCD)   or   cos t·z − sin t·x0   (sCT)
+    cos t·sin t·dF_θ⁻/dt by `jax.jvp` of F_θ⁻ with tangents scaled by cos t·sin t (stable)
+    g = −cos²t·(σ_d·F_θ⁻ − dx_t/dt) − r·(cos t·sin t·x_t + σ_d·cos t·sin t·dF_θ⁻/dt)
+    g ← g / (‖g‖ + c)                                 (tangent normalisation, c = 0.1)
+    loss = e^{w_φ(t)}/D·‖F_θ − F_θ⁻ − g‖² − w_φ(t)    (adaptive weighting, learned w_φ)
+with the warm-up r = min(1, step / H) and times tan t = e^τ/σ_d, τ ~ N(P_mean, P_std²). The
+params are stopped *before* the JVP, so no backward pass of the JVP is ever built. The student
+model needs `adaptive_weight=True` (w_φ is its `log_weight` head).
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+
+from jaxdistill import diffusion
+from jaxdistill.errors import DistillError
+from jaxdistill.methods import register
+
+
+def trigflow_parameterization(config, method: str) -> diffusion.TrigFlow:
+    param = diffusion.parameterization(config.diffusion)
+    if not isinstance(param, diffusion.TrigFlow):
+        raise DistillError(f"method {method!r} works in TrigFlow; set"
+                           " config.diffusion.parameterization=trigflow")
+    if not config.student.get("adaptive_weight"):
+        raise DistillError(f"method {method!r} learns its loss weighting w(t) with the student;"
+                           " set config.student.adaptive_weight=True")
+    return param
+
+
+def target_and_tangent(student, frozen_params, param, x_t, t, dxdt, label):
+    """(F_θ⁻, cos t·sin t·dF_θ⁻/dt) in one `jax.jvp` through the network."""
+    sd = param.sigma_data
+    scale = jnp.cos(t) * jnp.sin(t)
+
+    def frozen(x_in, c_noise):
+        return student.apply(frozen_params, x_in, c_noise, label, train=True).astype(jnp.float32)
+
+    return jax.jvp(frozen, (x_t / sd, diffusion.TIME_SCALE * t),
+                   (diffusion.per_example(scale, x_t) * dxdt / sd,
+                    diffusion.TIME_SCALE * scale))
+
+
+def make(config, student, teacher, *, distill: bool):
+    method = "scm" if distill else "sct"
+    param = trigflow_parameterization(config, method)
+    settings = config.consistency
+    num_classes = config.student.get("num_classes", 0)
+    sd = param.sigma_data
+    per_example = diffusion.per_example
+
+    def loss_fn(params, teacher_params, batch, rng, step):
+        x0 = batch["x"]
+        label = batch.get("label") if num_classes else None
+        time_rng, noise_rng = jax.random.split(rng)
+        t = param.sample_time(time_rng, x0.shape[0])
+        noise = jax.random.normal(noise_rng, x0.shape)
+        x_t = param.noisy(x0, noise, t)
+        if distill:
+            dxdt = param.velocity(diffusion.network(teacher, teacher_params), x_t, t, label)
+        else:
+            dxdt = param.flow_velocity(x0, noise, t)
+        frozen = jax.lax.stop_gradient(params)
+        f_frozen, scaled_tangent = target_and_tangent(student, frozen, param, x_t, t, dxdt,
+                                                      label)
+        warmup = jnp.minimum(1.0, step / max(settings.tangent_warmup_steps, 1))
+        cos, sin = per_example(jnp.cos(t), x_t), per_example(jnp.sin(t), x_t)
+        g = -cos ** 2 * (sd * f_frozen - dxdt) - warmup * (cos * sin * x_t + sd * scaled_tangent)
+        g_norm = jnp.sqrt(jnp.sum(jnp.reshape(g, (g.shape[0], -1)) ** 2, axis=-1))
+        g = jax.lax.stop_gradient(g / per_example(g_norm + settings.tangent_c, g))
+        raw = student.apply(params, x_t / sd, diffusion.TIME_SCALE * t, label, train=True)
+        log_weight = student.apply(params, diffusion.TIME_SCALE * t, method="log_weight")
+        error = jnp.mean(jnp.reshape(raw - f_frozen - g, (g.shape[0], -1)) ** 2, axis=-1)
+        loss, nonfinite = diffusion.finite_mean(jnp.exp(log_weight) * error - log_weight)
+        return loss, {"nonfinite": nonfinite, "tangent_norm": jnp.mean(g_norm),
+                      "tangent_warmup": warmup}
+
+    return loss_fn
+
+
+@register("scm")
+def make_scd(config, student, teacher):
+    return make(config, student, teacher, distill=True)
+
+
+@register("sct", needs_teacher=False)
+def make_sct(config, student, teacher):
+    return make(config, student, teacher, distill=False)

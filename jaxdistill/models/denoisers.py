@@ -1,0 +1,129 @@
+"""Denoiser networks for diffusion, flow and consistency models.
+
+Every denoiser is called as `module.apply(params, x_in, c_noise, label=None, *, train,
+interval=None)`: `x_in` the (preconditioned) noisy input, `c_noise` [B] the time as the
+parameterization encodes it (`jaxdistill.diffusion`), `label` [B] class ids where the model is
+class-conditional (id `num_classes` is the "no class" of classifier-free guidance), and
+`interval` [B] the second time of two-time models (MeanFlow's t − r). `log_weight(c_noise)` is
+sCM's learned adaptive loss weighting w_φ(t), present when `adaptive_weight` is set.
+"""
+
+from __future__ import annotations
+
+import math
+
+import flax.linen as nn
+import jax.numpy as jnp
+
+
+def positional_embedding(values: jnp.ndarray, dim: int, max_period: float = 10_000.0):
+    """Transformer sinusoids of a per-example scalar, computed in float32 whatever the model's
+    dtype (sCM: time embeddings in low precision make the JVP blow up)."""
+    half = dim // 2
+    frequencies = jnp.exp(-jnp.log(max_period) * jnp.arange(half, dtype=jnp.float32) / half)
+    angles = values.astype(jnp.float32)[:, None] * frequencies[None, :]
+    return jnp.concatenate([jnp.cos(angles), jnp.sin(angles)], axis=-1)
+
+
+def dense(features: int, axes: tuple[str | None, str | None], *, zero: bool = False,
+          name: str | None = None) -> nn.Dense:
+    init = nn.initializers.zeros if zero else nn.initializers.lecun_normal()
+    return nn.Dense(features, kernel_init=nn.with_logical_partitioning(init, axes),
+                    bias_init=nn.with_logical_partitioning(nn.initializers.zeros, axes[1:]),
+                    name=name)
+
+
+class Conditioning(nn.Module):
+    """The vector every block is modulated by: time (+ interval) (+ class) embeddings."""
+
+    width: int
+    num_classes: int = 0
+    interval_conditioning: bool = False
+    embedding_dim: int = 128
+
+    @nn.compact
+    def __call__(self, c_noise, label=None, interval=None):
+        def embed(values, name):
+            h = positional_embedding(values, self.embedding_dim)
+            h = nn.silu(dense(self.width, (None, "mlp"), name=f"{name}_in")(h))
+            return dense(self.width, ("mlp_in", "embed"), name=f"{name}_out")(h)
+
+        cond = embed(c_noise, "time")
+        if self.interval_conditioning:
+            cond += embed(jnp.zeros_like(c_noise) if interval is None else interval, "interval")
+        if self.num_classes:
+            table = nn.Embed(self.num_classes + 1, self.width, embedding_init=(
+                nn.with_logical_partitioning(nn.initializers.normal(0.02), ("classes", "embed"))))
+            null = jnp.full(c_noise.shape, self.num_classes, jnp.int32)
+            cond += table(null if label is None else label.astype(jnp.int32))
+        return cond
+
+
+class AdaptiveWeight(nn.Module):
+    """sCM's w_φ(t): a linear map of the time's positional embedding, zero at initialisation."""
+
+    embedding_dim: int = 128
+
+    @nn.compact
+    def __call__(self, c_noise):
+        features = positional_embedding(c_noise, self.embedding_dim)
+        return dense(1, (None, None), zero=True)(features)[:, 0]
+
+
+class ResidualBlock(nn.Module):
+    """adaLN-modulated MLP block: x + gate·MLP(LN(x)·(1 + scale) + shift)."""
+
+    width: int
+    expansion: int = 2
+
+    @nn.compact
+    def __call__(self, x, cond):
+        shift, scale, gate = jnp.split(
+            dense(3 * self.width, ("embed", "mlp"), zero=True, name="modulation")(nn.silu(cond)),
+            3, axis=-1)
+        h = nn.LayerNorm(use_scale=False, use_bias=False)(x) * (1 + scale) + shift
+        h = nn.silu(dense(self.expansion * self.width, ("embed", "mlp"))(h))
+        return x + gate * dense(self.width, ("mlp_in", "embed"))(h)
+
+
+class Head(nn.Module):
+    """The output layer, zero at initialisation, shaped like the data it is given."""
+
+    @nn.compact
+    def __call__(self, h, shape):
+        return dense(math.prod(shape[1:]), ("embed", None), zero=True)(h).reshape(shape)
+
+
+class DenoiserMLP(nn.Module):
+    """A residual MLP denoiser for low-dimensional data (2-D toys), or any input flattened."""
+
+    width: int = 256
+    depth: int = 4
+    num_classes: int = 0
+    interval_conditioning: bool = False
+    adaptive_weight: bool = False
+
+    def setup(self):
+        self.conditioning = Conditioning(self.width, self.num_classes, self.interval_conditioning)
+        self.stem = dense(self.width, (None, "embed"))
+        self.blocks = [ResidualBlock(self.width) for _ in range(self.depth)]
+        self.out_norm = nn.LayerNorm(use_scale=False, use_bias=False)
+        self.out_modulation = dense(2 * self.width, ("embed", "mlp"), zero=True)
+        self.head = Head()
+        if self.adaptive_weight:
+            self.weighting = AdaptiveWeight()
+
+    def __call__(self, x, c_noise, label=None, *, train: bool = False, interval=None):
+        del train  # no dropout: consistency pairs must see the same network
+        if self.adaptive_weight and self.is_initializing():
+            self.log_weight(c_noise)
+        cond = self.conditioning(c_noise, label, interval)
+        h = self.stem(x.reshape(x.shape[0], -1))
+        for block in self.blocks:
+            h = block(h, cond)
+        shift, scale = jnp.split(self.out_modulation(nn.silu(cond)), 2, axis=-1)
+        h = self.out_norm(h) * (1 + scale) + shift
+        return self.head(h, x.shape)
+
+    def log_weight(self, c_noise):
+        return self.weighting(c_noise)

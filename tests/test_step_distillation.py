@@ -1,0 +1,319 @@
+"""Diffusion teachers and step distillation: parameterizations, samplers, metrics, and every
+method's loss meaning what it claims, plus each method training from the CLI."""
+
+import json
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from jaxdistill import cli, config as config_lib, diffusion, methods, train
+from jaxdistill.errors import DistillError
+from jaxdistill.methods import ict, meanflow, scm
+from jaxdistill.run import build
+
+PARAMETERIZATIONS = ("edm", "trigflow", "flow")
+
+
+def _diffusion_config(name, **settings):
+    config = config_lib.base().diffusion
+    config.parameterization = name
+    config.update(settings)
+    return config
+
+
+def _ideal_raw(param, x, t, denoised):
+    """The raw network output whose denoised estimate is `denoised` (the map is affine in raw)."""
+    zero = param.denoised_from_raw(jnp.zeros_like(x), x, t)
+    slope = param.denoised_from_raw(jnp.ones_like(x), x, t) - zero
+    return (denoised - zero) / slope
+
+
+def _random(shape, seed):
+    return jax.random.normal(jax.random.key(seed), shape)
+
+
+@pytest.mark.parametrize("name", PARAMETERIZATIONS)
+def test_the_ideal_output_has_zero_loss_and_the_pair_velocity(name):
+    """For one (data, noise) pair, the raw output that denoises exactly has zero training loss
+    and its ODE velocity is the pair's dx_t/dt (checked by jvp of `noisy` along t)."""
+    param = diffusion.parameterization(_diffusion_config(name, sigma_data=0.7))
+    x0, noise = _random((6, 3), 0), _random((6, 3), 1)
+    t = param.sample_time(jax.random.key(2), 6)
+    x_t = param.noisy(x0, noise, t)
+    raw = _ideal_raw(param, x_t, t, x0)
+    np.testing.assert_allclose(param.training_loss(raw, x0, noise, x_t, t), 0.0, atol=1e-8)
+    _, pair_velocity = jax.jvp(lambda t: param.noisy(x0, noise, t), (t,), (jnp.ones_like(t),))
+    np.testing.assert_allclose(param.velocity_from_raw(raw, x_t, t), pair_velocity,
+                               rtol=2e-4, atol=2e-4)
+
+
+@pytest.mark.parametrize("name", PARAMETERIZATIONS)
+def test_the_ode_of_the_exact_denoiser_converges_to_the_exact_map(name):
+    """Data N(0, s²): E[x0 | x_t] = α·s²/(α²s² + σ²)·x_t is known, and the probability-flow ODE
+    then just rescales each noise draw by s/√(α²s² + σ²) at t_max. The samplers fed with the exact
+    denoiser must approach that map as steps grow, Heun faster than Euler."""
+    data_std = 0.6
+    param = diffusion.parameterization(_diffusion_config(name, sigma_data=0.5))
+    alpha, sigma = _mixing(param)
+
+    def velocity(x, t):
+        a, s = alpha(t)[:, None], sigma(t)[:, None]
+        denoised = a * data_std ** 2 / (a ** 2 * data_std ** 2 + s ** 2) * x
+        return param.velocity_from_raw(_ideal_raw(param, x, t, denoised), x, t)
+
+    x = param.prior(jax.random.key(0), (512, 2))
+    t_max = jnp.full((1,), param.t_max)
+    exact = x * data_std / jnp.sqrt(alpha(t_max) ** 2 * data_std ** 2 + sigma(t_max) ** 2)
+
+    def error(steps, solver):
+        solved = diffusion.solve_ode(velocity, x, param.grid(steps), solver)
+        return float(jnp.max(jnp.abs(solved - exact)) / jnp.max(jnp.abs(exact)))
+
+    heun = [error(steps, "heun") for steps in (4, 18, 100)]
+    assert heun[0] > heun[1] > heun[2] and heun[2] < 5e-3, heun
+    assert error(100, "euler") > heun[2]  # first order against second
+
+
+def _mixing(param):
+    """(α(t), σ(t)) of x_t = α·x0 + σ·ε, read off `noisy` itself."""
+    def alpha(t):
+        return param.noisy(jnp.ones((len(t), 1)), jnp.zeros((len(t), 1)), t)[:, 0]
+
+    def sigma(t):
+        return param.noisy(jnp.zeros((len(t), 1)), jnp.ones((len(t), 1)), t)[:, 0]
+
+    return alpha, sigma
+
+
+def test_nfe_counts_heun_as_two_evaluations_but_the_last():
+    assert [diffusion.nfe(n, "heun") for n in (1, 2, 18)] == [1, 3, 35]
+    assert diffusion.nfe(4, "euler") == 4
+    assert diffusion.sampler_nfe("consistency", 2) == 2
+
+
+def test_consistency_function_is_the_identity_at_the_smallest_noise():
+    param = diffusion.parameterization(_diffusion_config("edm"))
+    x = _random((4, 2), 0)
+    t = jnp.full((4,), param.sigma_min)
+    np.testing.assert_allclose(param.consistency_from_raw(_random((4, 2), 1), x, t), x,
+                               atol=1e-6)
+
+
+def test_sliced_wasserstein_is_zero_for_equal_sets_and_sees_a_shift():
+    points = np.random.default_rng(0).normal(size=(4000, 2))
+    assert diffusion.sliced_wasserstein(points, points[::-1]) == pytest.approx(0.0, abs=1e-12)
+    # A shift c moves each 1-D projection by c·u; over unit directions E[(c·u)²] = ‖c‖²/2.
+    shift = np.array([0.3, -0.4])
+    assert diffusion.sliced_wasserstein(points + shift, points) == pytest.approx(
+        0.5 / np.sqrt(2), rel=0.03)
+    with pytest.raises(DistillError, match="equal sets"):
+        diffusion.sliced_wasserstein(points, points[:10])
+
+
+def test_ict_curriculum_doubles_from_s0_to_s1():
+    total = 8000
+    levels = [int(ict.discretization(k, total, 10, 1280)) for k in (0, 999, 1000, 7999)]
+    # K' = ⌊8000 / (log2⌊1280/10⌋ + 1)⌋ = 1000: 11 levels, then 21, … up to 1281.
+    assert levels == [11, 11, 21, 1281]
+
+
+def test_ict_level_distribution_is_the_discretised_lognormal():
+    param = diffusion.parameterization(_diffusion_config("edm", p_mean=-1.1, p_std=2.0))
+    sigmas = ict.karras_levels(param, 11, 1281)
+    probabilities = jax.nn.softmax(ict.level_logits(param, sigmas, 11))
+    assert np.all(np.asarray(probabilities[10:]) == 0)
+    edges = np.asarray(sigmas[:11], np.float64)
+    from scipy.stats import norm
+
+    mass = np.diff(norm.cdf(np.log(edges), -1.1, 2.0))
+    np.testing.assert_allclose(probabilities[:10], mass / mass.sum(), rtol=1e-4)
+
+
+def test_meanflow_time_pairs_are_ordered_with_the_given_share_apart():
+    param = diffusion.parameterization(_diffusion_config("flow", p_mean=-0.4, p_std=1.0))
+    r, t = meanflow.time_pairs(param, jax.random.key(0), 20_000, 0.25)
+    assert np.all(r <= t)
+    assert np.mean(r < t) == pytest.approx(0.25, abs=0.01)
+
+
+class _ExactAverageVelocity(nn.Module):
+    """u(z, r, t) = (z − x*)/t: the exact average velocity when all data is the point x*."""
+
+    point: tuple = (0.5, -1.0)
+    offset: float = 0.0
+
+    @nn.compact
+    def __call__(self, x, c_noise, label=None, *, train=False, interval=None):
+        self.param("unused", nn.initializers.zeros, ())
+        t = c_noise[:, None] / diffusion.TIME_SCALE
+        return (x - jnp.asarray(self.point)) / t + self.offset
+
+
+def _meanflow_config():
+    config = config_lib.load("meanflow2025:smoke")
+    config.student.interval_conditioning = True
+    config.meanflow.adaptive_p = 0.0  # plain squared error, to read the loss directly
+    return config
+
+
+def test_meanflow_loss_vanishes_for_the_true_average_velocity():
+    """With all data at x*, the flow's paths are straight: u = (z − x*)/t for every r, so
+    du/dt along (v, 0, 1) is 0, the target is v, and the loss is exactly 0; a wrong u is not."""
+    batch = {"x": jnp.tile(jnp.asarray([[0.5, -1.0]]), (64, 1))}
+    for offset, expect_zero in ((0.0, True), (0.3, False)):
+        module = _ExactAverageVelocity(offset=offset)
+        params = module.init(jax.random.key(0), batch["x"], jnp.ones(64))
+        loss, _ = meanflow.make_loss(_meanflow_config(), module, None)(
+            params, None, batch, jax.random.key(1), 0)
+        assert (float(loss) < 1e-8) == expect_zero, float(loss)
+
+
+def test_scm_tangent_is_the_time_derivative_along_the_trajectory():
+    """cos t·sin t·dF/dt from the scaled JVP equals a central finite difference of
+    F(x_t/σ_d, t) along x_t + h·dx_t/dt, t + h."""
+    config = config_lib.load("scm2024:smoke")
+    param = diffusion.parameterization(config.diffusion)
+    module = build_module(config)
+    x = _random((5, 2), 0)
+    params = module.init(jax.random.key(1), x, jnp.ones(5))
+    t = jnp.linspace(0.2, 1.4, 5)
+    dxdt = _random((5, 2), 2)
+    _, scaled = scm.target_and_tangent(module, params, param, x, t, dxdt, None)
+
+    def frozen(x, t):
+        return module.apply(params, x / param.sigma_data, diffusion.TIME_SCALE * t, None,
+                            train=True)
+
+    with jax.enable_x64(True):
+        h = 1e-4
+        numeric = (frozen(x + h * dxdt, t + h) - frozen(x - h * dxdt, t - h)) / (2 * h)
+    expected = (jnp.cos(t) * jnp.sin(t))[:, None] * numeric
+    np.testing.assert_allclose(scaled, expected, rtol=2e-2, atol=2e-3)
+
+
+def build_module(config):
+    from jaxdistill import models
+
+    return models.build(config.student)
+
+
+@pytest.mark.parametrize("name, updates, match", [
+    ("meanflow2025", {"student.interval_conditioning": False}, "interval_conditioning"),
+    ("scm2024", {"student.adaptive_weight": False}, "adaptive_weight"),
+    ("cd2023", {"diffusion.parameterization": "trigflow"}, "EDM parameterization"),
+    ("dmd2_2024", {"diffusion.parameterization": "flow"}, "EDM parameterization"),
+    ("scm2024", {"diffusion.parameterization": "edm"}, "TrigFlow"),
+    ("diffusion_2d", {"diffusion.parameterization": "vp"}, "unknown config.diffusion"),
+])
+def test_methods_refuse_settings_they_cannot_use(name, updates, match):
+    config = config_lib.load(f"{name}:smoke")
+    config.update_from_flattened_dict(updates)
+    with pytest.raises(DistillError, match=match):
+        methods.get(config.method).make_loss(config, build_module(config), None)
+
+
+@pytest.mark.parametrize("updates, match", [
+    ({"generation.sampler": "ddim"}, "unknown sampler"),
+    ({"generation.sampler": "consistency", "generation.steps": 3, "generation.times": (1.0,)},
+     "needs 2 intermediate"),
+])
+def test_bad_sampling_settings_fail_before_compiling(updates, match, smoke_config):
+    config = smoke_config("diffusion_2d")
+    config.update_from_flattened_dict(updates)
+    with pytest.raises(DistillError, match=match):
+        build(config)
+
+
+def _smoke_teacher(tmp_path_factory, data_dir, arg):
+    config = config_lib.load(f"diffusion_2d:{arg}")
+    config.data.data_dir = data_dir
+    config.checkpoint.async_save = False
+    workdir = str(tmp_path_factory.mktemp("diffusion_teacher"))
+    train.train_and_evaluate(config, workdir, progress=False)
+    return workdir
+
+
+@pytest.fixture(scope="module")
+def teachers(tmp_path_factory, data_dir):
+    """Smoke EDM and TrigFlow teachers, trained once for the module."""
+    return {param: _smoke_teacher(tmp_path_factory, data_dir, f"smoke,{param}")
+            for param in ("edm", "trigflow")}
+
+
+CLI_ROWS = [
+    ("diffusion_2d", None, ["--config.diffusion.parameterization=flow"]),
+    ("cd2023", "edm", []),
+    ("ict2023", None, ["--config.generation.steps=2"]),
+    ("scm2024", "trigflow", ["--config.generation.steps=2"]),
+    ("scm2024", None, ["--config.method=sct", "--config.student_init.from_teacher=False"]),
+    ("meanflow2025", None, ["--config.generation.steps=2"]),
+    ("dmd2_2024", "edm", ["--config.dmd2.generator_times=(2.5,)", "--config.generation.steps=2"]),
+]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("config_name, teacher, flags", CLI_ROWS)
+def test_every_step_distillation_method_trains_from_the_cli(config_name, teacher, flags, tmp_path,
+                                                            data_dir, teachers):
+    workdir = tmp_path / "run"
+    teacher_flags = [f"--config.teacher.checkpoint={teachers[teacher]}"] if teacher else []
+    cli.main(["train", "--config", f"{config_name}:smoke", "--workdir", str(workdir),
+              f"--config.data.data_dir={data_dir}", "--config.checkpoint.async_save=False",
+              "--config.total_steps=10", *teacher_flags, *flags])
+    lines = [json.loads(line) for line in open(workdir / "metrics.jsonl")]
+    assert all(np.isfinite(line["loss"]) for line in lines if "split" not in line)
+    final_eval = [line for line in lines if line.get("split") == "validation"][-1]
+    assert np.isfinite(final_eval["swd"]) and final_eval["nonfinite_samples"] == 0
+
+
+def test_cd_target_follows_the_student_by_its_ema(smoke_config, teachers):
+    config = smoke_config("cd2023")
+    config.teacher.checkpoint = teachers["edm"]
+    run = build(config)
+    state = run.init()
+    before = jax.tree.map(np.asarray, state.params)
+    np.testing.assert_array_equal(jax.tree.leaves(state.method_state)[0],
+                                  jax.tree.leaves(before)[0])
+    batch = run.shard_batch(next(iter_batches(config)))
+    state, _ = run.train_step(state, batch)
+    mu = config.consistency.target_ema
+    for target, old, new in zip(jax.tree.leaves(state.method_state), jax.tree.leaves(before),
+                                jax.tree.leaves(state.params)):
+        np.testing.assert_allclose(target, mu * old + (1 - mu) * np.asarray(new), rtol=1e-5,
+                                   atol=1e-7)
+
+
+def test_student_starts_as_the_teacher_and_keeps_its_own_heads(smoke_config, teachers):
+    """sCD's student copies every teacher weight; its adaptive-weighting head, which the
+    teacher lacks, keeps its initialisation."""
+    from flax import traverse_util
+
+    from jaxdistill import checkpoint
+
+    config = smoke_config("scm2024")
+    config.teacher.checkpoint = teachers["trigflow"]
+    state = build(config).init()
+    student = traverse_util.flatten_dict(jax.device_get(state.params))
+    teacher = traverse_util.flatten_dict(jax.device_get(checkpoint.load_model(
+        teachers["trigflow"])[1]))
+    assert set(teacher) < set(student)
+    for path, weight in teacher.items():
+        np.testing.assert_array_equal(student[path], weight)
+    assert any("weighting" in "/".join(path) for path in set(student) - set(teacher))
+
+
+def test_a_student_unlike_the_teacher_is_refused_before_compiling(smoke_config, teachers):
+    config = smoke_config("cd2023")
+    config.teacher.checkpoint = teachers["edm"]
+    config.student.width = 64
+    with pytest.raises(DistillError, match="from_teacher"):
+        build(config)
+
+
+def iter_batches(config):
+    from jaxdistill import data
+
+    return data.train_iterator(config.data, config.batch_size, config.seed)
