@@ -1,24 +1,27 @@
 """Consistency distillation (Song et al., 2023) of an EDM teacher: `cd`, 1–2 step sampling.
 
   jaxdistill train --config configs/cd2023.py:local --workdir runs/cd_2d
-  jaxdistill train --config configs/cd2023.py:local --workdir runs/cd_2d \\
-      --config.teacher.checkpoint=runs/edm_2d        # reuse a trained diffusion_2d teacher
+  jaxdistill train --config configs/cd2023.py:local,digits --workdir runs/cd_digits \\
+      --config.teacher.checkpoint=runs/edm_digits    # reuse a trained diffusion_digits teacher
+
+ARG is `SCALE[,DATA]`: DATA `2d` (default, the checkerboard) or `digits` (a DiT on UCI digits);
+`paper` is CIFAR-10.
 
 The paper's CIFAR-10 settings where they carry over: N = 18 Heun-discretised levels, target EMA
 μ = 0.95, σ ∈ [0.002, 80], ρ = 7, the student initialised from the teacher, Adam; the metric is
 squared L2 (its LPIPS needs an ImageNet network). Evaluation samples in one step (`--config.
-generation.steps=2` for two, through σ = `generation.times`). The teacher (`diffusion_2d`) is
+generation.steps=2` for two, through σ = `generation.times`). The teacher (`diffusion_DATA`) is
 trained first into WORKDIR/teacher when teacher.checkpoint is empty.
 """
 
-from jaxdistill.configs import diffusion_2d
+from jaxdistill.configs import common
 
 
 def get_config(arg=None):
-    scale, _ = diffusion_2d.parse(arg)
-    config = diffusion_2d.toy_base(scale, "edm")
+    scale, kind = common.generative_arg(arg)
+    config = common.generative_base(scale, kind, "edm")
     config.method = "cd"
-    config.teacher.config = f"diffusion_2d:{scale}"
+    config.teacher.config = f"diffusion_{kind}:{scale}"
     config.student_init.from_teacher = True
     config.consistency.update({"discretization": 18, "target_ema": 0.95, "metric": "l2"})
     config.ema_decay = 0.999

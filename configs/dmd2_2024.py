@@ -4,21 +4,24 @@
   jaxdistill train --config configs/dmd2_2024.py:local --workdir runs/dmd2_2step_2d \\
       --config.dmd2.generator_times='(2.5,)' --config.generation.steps=2
 
+ARG is `SCALE[,DATA]`: DATA `2d` (default, the checkerboard) or `digits` (a DiT on UCI digits);
+`paper` is CIFAR-10.
+
 The paper's settings where they carry over: generator and fake score initialised from the
 teacher, the fake score updated 5 times per generator update (two time-scale rule), Adam with
 β1 = 0 and β2 = 0.99 for the fake score, no regression loss; without the GAN head (not
 implemented), which the paper's ablation puts at ImageNet-64 FID 2.61 instead of 1.28. The EDM
-teacher (`diffusion_2d`) is trained first into WORKDIR/teacher when teacher.checkpoint is empty.
+teacher (`diffusion_DATA`) is trained first into WORKDIR/teacher when teacher.checkpoint is empty.
 """
 
-from jaxdistill.configs import diffusion_2d
+from jaxdistill.configs import common
 
 
 def get_config(arg=None):
-    scale, _ = diffusion_2d.parse(arg)
-    config = diffusion_2d.toy_base(scale, "edm")
+    scale, kind = common.generative_arg(arg)
+    config = common.generative_base(scale, kind, "edm")
     config.method = "dmd2"
-    config.teacher.config = f"diffusion_2d:{scale}"
+    config.teacher.config = f"diffusion_{kind}:{scale}"
     config.student_init.from_teacher = True
     config.dmd2.update({"fake_updates": 5, "fake_lr": 2e-4, "guidance": 1.0})
     config.ema_decay = 0.999

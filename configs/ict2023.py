@@ -2,6 +2,9 @@
 
   jaxdistill train --config configs/ict2023.py:local --workdir runs/ict_2d
 
+ARG is `SCALE[,DATA]`: DATA `2d` (default, the checkerboard) or `digits` (a DiT on UCI digits);
+`paper` is CIFAR-10.
+
 The paper's settings: pseudo-Huber metric (c = 0.00054·√d), log-normal level sampling
 (P_mean = −1.1, P_std = 2.0), discretization curriculum s0 = 10 → s1 = 1280 doubling over the
 run, λ(σ_i) = 1/(σ_{i+1} − σ_i), no EMA target, Adam; evaluation with the EMA of
@@ -10,12 +13,12 @@ sampling re-noises to σ ≈ 2.5 (`diffusion.consistency_times`; the paper tunes
 CIFAR-10, `--config.generation.times=(0.821,)`).
 """
 
-from jaxdistill.configs import diffusion_2d
+from jaxdistill.configs import common
 
 
 def get_config(arg=None):
-    scale, _ = diffusion_2d.parse(arg)
-    config = diffusion_2d.toy_base(scale, "edm")
+    scale, kind = common.generative_arg(arg)
+    config = common.generative_base(scale, kind, "edm")
     config.method = "ict"
     config.diffusion.update({"p_mean": -1.1, "p_std": 2.0})
     config.consistency.update({"metric": "pseudo_huber", "curriculum_start": 10,

@@ -2,18 +2,21 @@
 
   jaxdistill train --config configs/meanflow2025.py:local --workdir runs/meanflow_2d
 
+ARG is `SCALE[,DATA]`: DATA `2d` (default, the checkerboard) or `digits` (a DiT on UCI digits);
+`paper` is CIFAR-10.
+
 The paper's settings: the linear flow with t = 1 pure noise, logit-normal (−0.4, 1.0) times,
 25% of pairs with r ≠ t, the network conditioned on (t, t − r), adaptive weighting p = 1,
 c = 1e-3, Adam; evaluation with the EMA of the weights and 1-step sampling
 (`--config.generation.steps=2` for two).
 """
 
-from jaxdistill.configs import diffusion_2d
+from jaxdistill.configs import common
 
 
 def get_config(arg=None):
-    scale, _ = diffusion_2d.parse(arg)
-    config = diffusion_2d.toy_base(scale, "flow")
+    scale, kind = common.generative_arg(arg)
+    config = common.generative_base(scale, kind, "flow")
     config.method = "meanflow"
     config.student.interval_conditioning = True
     config.meanflow.update({"ratio": 0.25, "adaptive_p": 1.0, "adaptive_c": 1e-3})

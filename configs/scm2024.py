@@ -5,22 +5,25 @@
   jaxdistill train --config configs/scm2024.py:local --workdir runs/sct_2d --config.method=sct \\
       --config.student_init.from_teacher=False
 
+ARG is `SCALE[,DATA]`: DATA `2d` (default, the checkerboard) or `digits` (a DiT on UCI digits);
+`paper` is CIFAR-10.
+
 The paper's settings: TrigFlow with σ_d the data's scale, times tan t = e^τ/σ_d with
 τ ~ N(−1.0, 1.4²), tangent normalisation c = 0.1, tangent warm-up (10k of 400k steps in the
 paper, 1,000 of this run's), learned adaptive weighting, positional time embeddings in float32,
 Adam with β2 = 0.99, the student initialised from the teacher (sCD). Two-step sampling goes
-through t = 1.1, the paper's choice. The TrigFlow teacher (`diffusion_2d:SCALE,trigflow`) is
+through t = 1.1, the paper's choice. The TrigFlow teacher (`diffusion_DATA:SCALE,trigflow`) is
 trained first into WORKDIR/teacher when teacher.checkpoint is empty.
 """
 
-from jaxdistill.configs import diffusion_2d
+from jaxdistill.configs import common
 
 
 def get_config(arg=None):
-    scale, _ = diffusion_2d.parse(arg)
-    config = diffusion_2d.toy_base(scale, "trigflow")
+    scale, kind = common.generative_arg(arg)
+    config = common.generative_base(scale, kind, "trigflow")
     config.method = "scm"
-    config.teacher.config = f"diffusion_2d:{scale},trigflow"
+    config.teacher.config = f"diffusion_{kind}:{scale},trigflow"
     config.student.adaptive_weight = True
     config.student_init.from_teacher = True
     config.consistency.update({"tangent_warmup_steps": 1000 if scale != "smoke" else 5,

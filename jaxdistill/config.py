@@ -62,11 +62,12 @@ def base() -> ml_collections.ConfigDict:
     # Sampling continuations (on-policy methods, seqkd): not the loss's temperature.
     c.sampling = ml_collections.ConfigDict({"temperature": 1.0, "top_k": 0, "top_p": 1.0})
     # Diffusion and flow models (jaxdistill.diffusion): parameterization edm, trigflow or flow
-    # with its noise range and log-normal training-noise distribution (p_mean, p_std);
+    # with its noise range, log-normal training-noise distribution (p_mean, p_std) and the
+    # scale of the time the network embeds (diffusion.Parameterization.time_scale);
     # label_dropout is the share of labels dropped for classifier-free guidance.
     c.diffusion = ml_collections.ConfigDict({
         "parameterization": "edm", "sigma_data": 0.5, "sigma_min": 0.002, "sigma_max": 80.0,
-        "rho": 7.0, "p_mean": -1.2, "p_std": 1.2, "label_dropout": 0.0})
+        "rho": 7.0, "p_mean": -1.2, "p_std": 1.2, "time_scale": 1000.0, "label_dropout": 0.0})
     # Consistency models (cd, ict, scm/sct). cd: `discretization` N noise levels, EMA `target_ema`
     # μ of the target network, distance `metric` (l2 or pseudo_huber, whose c is `huber_c`,
     # 0 for iCT's 0.00054·√d). ict: discretization curriculum from `curriculum_start` s0 to

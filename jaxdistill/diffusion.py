@@ -29,9 +29,6 @@ from jaxdistill.errors import DistillError
 # raw = net(x_in, c_noise, label): the network as the parameterizations call it.
 Net = Callable[[jax.Array, jax.Array, Any], jax.Array]
 
-# Times are embedded positionally (DESIGN §4: positional, not large Fourier, features, in
-# float32); scaling c_noise to hundreds spreads them over the embedding's frequencies.
-TIME_SCALE = 1000.0
 
 
 def per_example(t: jax.Array, x: jax.Array) -> jax.Array:
@@ -49,6 +46,11 @@ class Parameterization:
     rho: float = 7.0
     p_mean: float = -1.2
     p_std: float = 1.2
+    # c_noise = time_scale·(the time): the denoisers embed it positionally in float32, so the
+    # scale sets how fast the embedding turns with time. Large scales spread times over all
+    # frequencies; JVP-trained models (sCM, MeanFlow) need small ones, or dF/dt is dominated by
+    # the fastest frequencies (sCM §4.1).
+    time_scale: float = 1000.0
 
     name = ""
     t_max = 0.0  # the noise end of time (a property where it depends on the settings)
@@ -104,7 +106,7 @@ class EDM(Parameterization):
     def network_inputs(self, x, t):
         sigma = per_example(t, x)
         c_in = 1.0 / jnp.sqrt(sigma ** 2 + self.sigma_data ** 2)
-        return c_in, TIME_SCALE * 0.25 * jnp.log(t)
+        return c_in, self.time_scale * 0.25 * jnp.log(t)
 
     def _scalings(self, sigma, sigma_floor=0.0):
         """(c_skip, c_out); with sigma_floor = σ_min the consistency-model boundary scalings
@@ -152,7 +154,7 @@ class TrigFlow(Parameterization):
         return jnp.cos(t) * x + jnp.sin(t) * self.sigma_data * noise
 
     def network_inputs(self, x, t):
-        return 1.0 / self.sigma_data, TIME_SCALE * t
+        return 1.0 / self.sigma_data, self.time_scale * t
 
     def velocity_from_raw(self, raw, x, t):
         return self.sigma_data * raw
@@ -195,7 +197,7 @@ class Flow(Parameterization):
         return (1.0 - t) * x + t * noise
 
     def network_inputs(self, x, t):
-        return 1.0, TIME_SCALE * t
+        return 1.0, self.time_scale * t
 
     def velocity_from_raw(self, raw, x, t):
         return raw
@@ -363,7 +365,8 @@ def sample(param: Parameterization, net: Net, rng: jax.Array, shape, label=None,
 def average_velocity(param: Parameterization, net: Net, x, r, t, label=None) -> jax.Array:
     """MeanFlow's u(z_t, r, t): the network conditioned on t and on the interval t − r."""
     c_in, c_noise = param.network_inputs(x, t)
-    return net(c_in * x, c_noise, label, interval=TIME_SCALE * (t - r)).astype(jnp.float32)
+    interval = param.time_scale * (t - r)
+    return net(c_in * x, c_noise, label, interval=interval).astype(jnp.float32)
 
 
 def sampler_nfe(sampler: str, steps: int) -> int:
@@ -404,3 +407,17 @@ def consistency_distance(online: jax.Array, target: jax.Array, metric: str,
 def consistency_function(param: Parameterization, net: Net, x, t, label=None) -> jax.Array:
     """f(x, t): the consistency model's estimate of the data at the end of x's trajectory."""
     return param.consistency_from_raw(param.raw(net, x, t, label), x, t)
+
+
+def frechet_distance(features: np.ndarray, reference: np.ndarray) -> float:
+    """Fréchet distance between Gaussians fitted to two feature sets (FID's formula):
+    ‖μ₁ − μ₂‖² + Tr(Σ₁ + Σ₂ − 2(Σ₁Σ₂)^½), in float64."""
+    import scipy.linalg
+
+    features = np.asarray(features, np.float64)
+    reference = np.asarray(reference, np.float64)
+    mean_gap = np.sum((features.mean(0) - reference.mean(0)) ** 2)
+    cov_a, cov_b = np.cov(features, rowvar=False), np.cov(reference, rowvar=False)
+    root = scipy.linalg.sqrtm(cov_a @ cov_b)
+    root = root.real if np.iscomplexobj(root) else root
+    return float(mean_gap + np.trace(cov_a) + np.trace(cov_b) - 2.0 * np.trace(root))

@@ -144,11 +144,12 @@ class _ExactAverageVelocity(nn.Module):
 
     point: tuple = (0.5, -1.0)
     offset: float = 0.0
+    time_scale: float = 1.0
 
     @nn.compact
     def __call__(self, x, c_noise, label=None, *, train=False, interval=None):
         self.param("unused", nn.initializers.zeros, ())
-        t = c_noise[:, None] / diffusion.TIME_SCALE
+        t = c_noise[:, None] / self.time_scale
         return (x - jnp.asarray(self.point)) / t + self.offset
 
 
@@ -163,10 +164,11 @@ def test_meanflow_loss_vanishes_for_the_true_average_velocity():
     """With all data at x*, the flow's paths are straight: u = (z − x*)/t for every r, so
     du/dt along (v, 0, 1) is 0, the target is v, and the loss is exactly 0; a wrong u is not."""
     batch = {"x": jnp.tile(jnp.asarray([[0.5, -1.0]]), (64, 1))}
+    config = _meanflow_config()
     for offset, expect_zero in ((0.0, True), (0.3, False)):
-        module = _ExactAverageVelocity(offset=offset)
+        module = _ExactAverageVelocity(offset=offset, time_scale=config.diffusion.time_scale)
         params = module.init(jax.random.key(0), batch["x"], jnp.ones(64))
-        loss, _ = meanflow.make_loss(_meanflow_config(), module, None)(
+        loss, _ = meanflow.make_loss(config, module, None)(
             params, None, batch, jax.random.key(1), 0)
         assert (float(loss) < 1e-8) == expect_zero, float(loss)
 
@@ -184,7 +186,7 @@ def test_scm_tangent_is_the_time_derivative_along_the_trajectory():
     _, scaled = scm.target_and_tangent(module, params, param, x, t, dxdt, None)
 
     def frozen(x, t):
-        return module.apply(params, x / param.sigma_data, diffusion.TIME_SCALE * t, None,
+        return module.apply(params, x / param.sigma_data, param.time_scale * t, None,
                             train=True)
 
     with jax.enable_x64(True):

@@ -38,7 +38,7 @@ def make_loss(config, student, teacher):
                            " config.student.interval_conditioning=True")
     settings = config.meanflow
     num_classes = config.student.get("num_classes", 0)
-    scale = diffusion.TIME_SCALE
+    scale = param.time_scale
     per_example = diffusion.per_example
 
     def loss_fn(params, teacher_params, batch, rng, step):

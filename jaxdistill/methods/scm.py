@@ -43,9 +43,9 @@ def target_and_tangent(student, frozen_params, param, x_t, t, dxdt, label):
     def frozen(x_in, c_noise):
         return student.apply(frozen_params, x_in, c_noise, label, train=True).astype(jnp.float32)
 
-    return jax.jvp(frozen, (x_t / sd, diffusion.TIME_SCALE * t),
+    return jax.jvp(frozen, (x_t / sd, param.time_scale * t),
                    (diffusion.per_example(scale, x_t) * dxdt / sd,
-                    diffusion.TIME_SCALE * scale))
+                    param.time_scale * scale))
 
 
 def make(config, student, teacher, *, distill: bool):
@@ -75,8 +75,8 @@ def make(config, student, teacher, *, distill: bool):
         g = -cos ** 2 * (sd * f_frozen - dxdt) - warmup * (cos * sin * x_t + sd * scaled_tangent)
         g_norm = jnp.sqrt(jnp.sum(jnp.reshape(g, (g.shape[0], -1)) ** 2, axis=-1))
         g = jax.lax.stop_gradient(g / per_example(g_norm + settings.tangent_c, g))
-        raw = student.apply(params, x_t / sd, diffusion.TIME_SCALE * t, label, train=True)
-        log_weight = student.apply(params, diffusion.TIME_SCALE * t, method="log_weight")
+        raw = student.apply(params, x_t / sd, param.time_scale * t, label, train=True)
+        log_weight = student.apply(params, param.time_scale * t, method="log_weight")
         error = jnp.mean(jnp.reshape(raw - f_frozen - g, (g.shape[0], -1)) ** 2, axis=-1)
         loss, nonfinite = diffusion.finite_mean(jnp.exp(log_weight) * error - log_weight)
         return loss, {"nonfinite": nonfinite, "tangent_norm": jnp.mean(g_norm),

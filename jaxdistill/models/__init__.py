@@ -15,14 +15,15 @@ from jaxdistill.errors import DistillError
 from jaxdistill.models import pretrained
 from jaxdistill.models.bert import Bert
 from jaxdistill.models.classifiers import CNN, MLP
-from jaxdistill.models.denoisers import DenoiserMLP
+from jaxdistill.models.denoisers import DenoiserMLP, DiT
 from jaxdistill.models.llama import Llama
 from jaxdistill.models.pretrained import from_pretrained
 
 __all__ = ["MODELS", "build", "from_pretrained", "pretrained"]
 
 MODELS: dict[str, Callable[..., nn.Module]] = {"mlp": MLP, "cnn": CNN, "bert": Bert,
-                                               "llama": Llama, "denoiser_mlp": DenoiserMLP}
+                                               "llama": Llama, "denoiser_mlp": DenoiserMLP,
+                                               "dit": DiT}
 
 
 def build(model_config: ml_collections.ConfigDict) -> nn.Module:

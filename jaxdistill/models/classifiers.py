@@ -60,3 +60,13 @@ class CNN(nn.Module):
         x = nn.relu(_dense(self.dense, ("embed", "mlp"))(x))
         x = nn.Dropout(self.dropout, deterministic=not train)(x)
         return _dense(self.num_classes, ("mlp_in", "classes"), name="head")(x)
+
+
+def penultimate_features(module: MLP, params, images: jnp.ndarray) -> jnp.ndarray:
+    """An MLP classifier's last hidden layer (after its ReLU, no dropout): the feature space of
+    the digits FD, the small-scale stand-in for FID's Inception features."""
+    last = f"Dense_{len(module.hidden) - 1}"
+    _, state = module.apply(params, images, train=False, capture_intermediates=(
+        lambda layer, method: layer.name == last and method == "__call__"),
+        mutable=["intermediates"])
+    return nn.relu(state["intermediates"][last]["__call__"][0])

@@ -6,12 +6,16 @@ parameterization encodes it (`jaxdistill.diffusion`), `label` [B] class ids wher
 class-conditional (id `num_classes` is the "no class" of classifier-free guidance), and
 `interval` [B] the second time of two-time models (MeanFlow's t − r). `log_weight(c_noise)` is
 sCM's learned adaptive loss weighting w_φ(t), present when `adaptive_weight` is set.
+`DenoiserMLP` serves low-dimensional data (2-D toys); `DiT` images, with attention through the
+flash kernel whose JVP sCM and MeanFlow need.
 """
 
 from __future__ import annotations
 
+import functools
 import math
 
+import einops
 import flax.linen as nn
 import jax.numpy as jnp
 
@@ -87,10 +91,13 @@ class ResidualBlock(nn.Module):
 
 
 class Head(nn.Module):
-    """The output layer, zero at initialisation, shaped like the data it is given."""
+    """The output layer, zero at initialisation: maps [B, width] to `shape` (an MLP's flattened
+    data) or [B, L, width] to [B, L, features] (a transformer's patches)."""
 
     @nn.compact
     def __call__(self, h, shape):
+        if h.ndim == 3:
+            return dense(shape[-1], ("embed", None), zero=True)(h)
         return dense(math.prod(shape[1:]), ("embed", None), zero=True)(h).reshape(shape)
 
 
@@ -124,6 +131,115 @@ class DenoiserMLP(nn.Module):
         shift, scale = jnp.split(self.out_modulation(nn.silu(cond)), 2, axis=-1)
         h = self.out_norm(h) * (1 + scale) + shift
         return self.head(h, x.shape)
+
+    def log_weight(self, c_noise):
+        return self.weighting(c_noise)
+
+
+def sincos_positions(grid: int, dim: int) -> jnp.ndarray:
+    """DiT's fixed 2-D sin-cos position embeddings of a grid × grid patch layout: [grid², dim]."""
+    rows, cols = jnp.meshgrid(jnp.arange(grid), jnp.arange(grid), indexing="ij")
+    half = dim // 2
+    return jnp.concatenate([positional_embedding(rows.reshape(-1).astype(jnp.float32), half),
+                            positional_embedding(cols.reshape(-1).astype(jnp.float32), half)], -1)
+
+
+class Attention(nn.Module):
+    """Multi-head self-attention through `jaxdistill.kernels.flash_attention` (`flash`, whose
+    JVP is one fused pass and never holds S×S) or the naive reference (`naive`), with optional
+    QK-norm (sCM: it keeps JVP values from exploding)."""
+
+    width: int
+    heads: int
+    qk_norm: bool = True
+    attention: str = "flash"
+
+    @nn.compact
+    def __call__(self, x):
+        from jaxdistill import kernels
+
+        batch, length, _ = x.shape
+        head_dim = self.width // self.heads
+        qkv = dense(3 * self.width, ("embed", "mlp"), name="qkv")(x)
+        q, k, v = jnp.split(qkv.reshape(batch, length, 3 * self.heads, head_dim), 3, axis=2)
+        if self.qk_norm:
+            q = nn.RMSNorm(name="q_norm")(q)
+            k = nn.RMSNorm(name="k_norm")(k)
+        if self.attention == "flash":
+            out = kernels.flash_attention(q, k, v)
+        elif self.attention == "naive":
+            out = kernels.attention_reference(q, k, v)
+        else:
+            raise ValueError(f"unknown attention {self.attention!r}; choose flash or naive")
+        return dense(self.width, ("mlp_in", "embed"), name="out")(
+            out.reshape(batch, length, self.width))
+
+
+class DiTBlock(nn.Module):
+    """adaLN-Zero transformer block (Peebles & Xie, 2023): both residual branches modulated and
+    gated by the conditioning, the gates zero at initialisation."""
+
+    width: int
+    heads: int
+    qk_norm: bool = True
+    attention: str = "flash"
+    mlp_ratio: int = 4
+
+    @nn.compact
+    def __call__(self, x, cond):
+        modulation = dense(6 * self.width, ("embed", "mlp"), zero=True, name="modulation")(
+            nn.silu(cond))[:, None, :]
+        shift1, scale1, gate1, shift2, scale2, gate2 = jnp.split(modulation, 6, axis=-1)
+        norm = functools.partial(nn.LayerNorm, use_scale=False, use_bias=False)
+        h = norm()(x) * (1 + scale1) + shift1
+        x = x + gate1 * Attention(self.width, self.heads, self.qk_norm, self.attention)(h)
+        h = norm()(x) * (1 + scale2) + shift2
+        h = nn.gelu(dense(self.mlp_ratio * self.width, ("embed", "mlp"))(h))
+        return x + gate2 * dense(self.width, ("mlp_in", "embed"))(h)
+
+
+class DiT(nn.Module):
+    """A small Diffusion Transformer for [B, H, W, C] images: p×p patches, fixed sin-cos
+    positions, adaLN-Zero blocks conditioned on time (+ interval) (+ class), a zero-initialised
+    adaLN output layer, unpatchified back to the image."""
+
+    width: int = 128
+    depth: int = 4
+    heads: int = 4
+    patch: int = 2
+    num_classes: int = 0
+    interval_conditioning: bool = False
+    adaptive_weight: bool = False
+    qk_norm: bool = True
+    attention: str = "flash"
+
+    def setup(self):
+        self.conditioning = Conditioning(self.width, self.num_classes, self.interval_conditioning)
+        self.embed_patches = dense(self.width, (None, "embed"))
+        self.blocks = [DiTBlock(self.width, self.heads, self.qk_norm, self.attention)
+                       for _ in range(self.depth)]
+        self.out_norm = nn.LayerNorm(use_scale=False, use_bias=False)
+        self.out_modulation = dense(2 * self.width, ("embed", "mlp"), zero=True)
+        self.head = Head()
+        if self.adaptive_weight:
+            self.weighting = AdaptiveWeight()
+
+    def __call__(self, x, c_noise, label=None, *, train: bool = False, interval=None):
+        del train  # no dropout: consistency pairs must see the same network
+        if self.adaptive_weight and self.is_initializing():
+            self.log_weight(c_noise)
+        batch, height, width, channels = x.shape
+        p = self.patch
+        patches = einops.rearrange(x, "b (h p) (w q) c -> b (h w) (p q c)", p=p, q=p)
+        h = self.embed_patches(patches) + sincos_positions(height // p, self.width)
+        cond = self.conditioning(c_noise, label, interval)
+        for block in self.blocks:
+            h = block(h, cond)
+        shift, scale = jnp.split(self.out_modulation(nn.silu(cond))[:, None, :], 2, axis=-1)
+        h = self.out_norm(h) * (1 + scale) + shift
+        out = self.head(h, patches.shape)
+        return einops.rearrange(out, "b (h w) (p q c) -> b (h p) (w q) c", h=height // p, p=p,
+                                q=p, c=channels)
 
     def log_weight(self, c_noise):
         return self.weighting(c_noise)

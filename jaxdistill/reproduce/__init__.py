@@ -14,6 +14,7 @@ import json
 import os
 import platform
 import shlex
+import shutil
 import sys
 import time
 from typing import Callable
@@ -37,6 +38,7 @@ class Row:
     note: str = ""
     # Secondary metrics, each with one value per seed, shown as extra columns.
     extra: dict[str, list[float]] = dataclasses.field(default_factory=dict)
+    image: str | None = None     # a PNG of the row's samples, copied beside the table
 
 
 def _stats(values: list[float]) -> dict:
@@ -58,11 +60,11 @@ class Experiment:
 
 def _experiments() -> dict[str, Experiment]:
     from jaxdistill.reproduce import (distillspec2024, gkd2024, hinton2015, minilm2020,
-                                      self_distillation)
+                                      self_distillation, step_tables)
 
     return {e.name: e for e in (hinton2015.EXPERIMENT, minilm2020.EXPERIMENT,
                                 self_distillation.EXPERIMENT, gkd2024.EXPERIMENT,
-                                distillspec2024.EXPERIMENT)}
+                                distillspec2024.EXPERIMENT, *step_tables.EXPERIMENTS)}
 
 
 EXPERIMENTS = _experiments()
@@ -111,11 +113,23 @@ def run(name: str, *, scale: str, out: str, workdir: str | None = None,
     }
     if jax.process_index() == 0:  # in a multi-process run, one table
         os.makedirs(out, exist_ok=True)
+        _copy_images(rows, out, f"{name}_{scale}")
         markdown = _markdown(experiment, result, rows)
         for suffix, text in ((".json", json.dumps(result, indent=2) + "\n"), (".md", markdown)):
             _write_with_latest_link(out, name, scale, suffix, text)
         print(markdown)
     return result
+
+
+def _copy_images(rows: list[Row], out: str, folder: str) -> None:
+    """Copies each row's PNG to OUT/NAME_SCALE/ and points the row at the copy (relative to
+    OUT, where the table is)."""
+    for row in rows:
+        if row.image:
+            os.makedirs(os.path.join(out, folder), exist_ok=True)
+            target = os.path.join(folder, os.path.basename(row.image))
+            shutil.copyfile(row.image, os.path.join(out, target))
+            row.image = target
 
 
 def _write_with_latest_link(out: str, name: str, scale: str, suffix: str, text: str) -> None:
@@ -134,6 +148,10 @@ def _cell(stats: dict | None) -> str:
     if stats is None:
         return "— | "
     return f"{stats['value']:.4g} ± {stats['std']:.2g} | "
+
+
+def _note(row: Row) -> str:
+    return " ".join(filter(None, [row.note, f"[samples]({row.image})" if row.image else ""]))
 
 
 def _markdown(experiment: Experiment, result: dict, rows: list[Row]) -> str:
@@ -158,7 +176,7 @@ def _markdown(experiment: Experiment, result: dict, rows: list[Row]) -> str:
         f"| {r['setting']} | {r['value']:.4f} ± {r['std']:.4f} | "
         f"{', '.join(f'{v:.4f}' for v in r['seeds'])} | "
         + "".join(_cell(r.get("extra", {}).get(name)) for name in extra)
-        + f"{'—' if r['paper'] is None else r['paper']} | {row.note} |"
+        + f"{'—' if r['paper'] is None else r['paper']} | {_note(row)} |"
         for r, row in zip(result["rows"], rows)
     ]
     notes = experiment.notes(result["scale"], rows)

@@ -1,0 +1,226 @@
+"""The step-distillation tables (cd2023, ict2023, scm2024, meanflow2025, dmd2_2024): a teacher
+sampled at many network evaluations against students sampled in one and two steps.
+
+Per data kind (the 2-D checkerboard, scored by the sliced Wasserstein distance to its 5,000
+test points; the UCI digits, scored by FD, the Fréchet distance in the penultimate features of
+the project's digits classifier, `hinton_teacher_digits`, against the 1,257 training images):
+- a reference row: the metric between two real samples (the floor sampling noise allows);
+- the teacher (`diffusion_KIND:SCALE,PARAMETERIZATION`, trained once with seed 0 and shared by
+  every table in WORKDIR/..) with Euler at 1 and 2 steps and Heun at 2, 4, 9 and 18 steps
+  (1, 2, 3, 7, 17 and 35 network evaluations), one sampling seed per table seed;
+- each student config, trained once per seed, sampled in 1 and 2 steps.
+Every row also saves a PNG of its seed-0 samples (a scatter plot or a grid of digits).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import os
+import re
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from jaxdistill import checkpoint, data, diffusion, train
+from jaxdistill.errors import DistillError
+from jaxdistill.models import classifiers
+from jaxdistill.reproduce import ConfigLoader, Experiment, Row
+
+TEACHER_SAMPLERS = (("euler", 1), ("euler", 2), ("heun", 2), ("heun", 4), ("heun", 9),
+                    ("heun", 18))
+STUDENT_STEPS = (1, 2)
+KINDS = ("2d", "digits")
+_DIGIT_GRID = 8  # an 8 × 8 grid of samples per digits row
+
+
+@dataclasses.dataclass(frozen=True)
+class Student:
+    label: str
+    config: str                       # the config module, loaded as CONFIG:SCALE,KIND
+    overrides: dict = dataclasses.field(default_factory=dict)
+
+
+@dataclasses.dataclass(frozen=True)
+class Scorer:
+    """How one data kind's samples are drawn and scored."""
+
+    kind: str
+    metric: str
+    reference: np.ndarray            # the real sample the metric compares against
+    labels: np.ndarray | None        # the class of each sample to draw (conditional models)
+    score: object                    # samples -> float
+    floor: float                     # the metric between two real samples
+    floor_note: str
+
+
+def _split(config, split: str) -> dict:
+    count, read = data.reader(config.data, split)
+    return read(np.arange(count))
+
+
+def _scorer(kind: str, config, load: ConfigLoader, scale: str, workdir: str) -> Scorer:
+    if kind == "2d":
+        test, train_points = _split(config, "test")["x"], _split(config, "train")["x"]
+        score = functools.partial(_swd, reference=test)
+        return Scorer(kind, "SWD", test, None, score, score(train_points[:len(test)]),
+                      f"train[:{len(test)}] vs test")
+    classifier_dir = _classifier(load, scale, workdir)
+    features = _digit_features(classifier_dir)
+    reference = _split(config, "train")
+    score = functools.partial(_fd, features=features, reference=features(reference["x"]))
+    return Scorer(kind, "FD", reference["x"], np.asarray(reference["label"]), score,
+                  score(_split(config, "test")["x"]), "test (360) vs train; small n inflates FD")
+
+
+def _swd(samples, reference):
+    return diffusion.sliced_wasserstein(np.nan_to_num(samples), reference)
+
+
+def _fd(samples, features, reference):
+    return diffusion.frechet_distance(features(np.nan_to_num(samples)), reference)
+
+
+def _classifier(load: ConfigLoader, scale: str, workdir: str) -> str:
+    """The project's digits classifier (the hinton2015 teacher), trained once beside the
+    tables: its penultimate features define FD."""
+    config = load(f"hinton_teacher_digits:{'smoke' if scale == 'smoke' else 'local'}")
+    classifier_dir = _shared_dir(workdir, f"hinton_teacher_digits_{scale}")
+    train.train_and_evaluate(config, classifier_dir, progress=False)
+    return classifier_dir
+
+
+def _digit_features(classifier_dir: str):
+    module, params = checkpoint.load_model(classifier_dir)
+    apply = jax.jit(functools.partial(classifiers.penultimate_features, module))
+
+    def features(images):
+        # Samples live in [-1, 1]; the classifier reads pixels in [0, 1].
+        return np.asarray(apply(params, jnp.clip((jnp.asarray(images) + 1) / 2, 0, 1)))
+
+    return features
+
+
+def _shared_dir(workdir: str, name: str) -> str:
+    """A directory beside the table's workdir, shared by every step-distillation table."""
+    return os.path.join(os.path.dirname(os.path.abspath(workdir)), name)
+
+
+def train_teacher(load: ConfigLoader, scale: str, kind: str, parameterization: str,
+                  workdir: str) -> str:
+    """The diffusion teacher of one data kind and parameterization, trained once (seed 0)
+    and resumed (evaluated only) by every later table."""
+    config = load(f"diffusion_{kind}:{scale},{parameterization}")
+    teacher_dir = _shared_dir(workdir, f"diffusion_{kind}_{parameterization}_{scale}")
+    train.train_and_evaluate(config, teacher_dir, progress=False)
+    return teacher_dir
+
+
+def draw(run_dir: str, scorer: Scorer, sampler: str, steps: int, seed: int) -> np.ndarray:
+    """As many samples as the reference holds, from the run's (EMA) model."""
+    config = checkpoint.read_config(run_dir)
+    module, params = checkpoint.load_model(run_dir)
+    param = diffusion.parameterization(config.diffusion)
+    num_classes = config.student.get("num_classes", 0) or 0
+    labels = None if scorer.labels is None or not num_classes else jnp.asarray(scorer.labels)
+
+    @jax.jit
+    def sample(params, rng):
+        net = diffusion.network(module, params, config.generation.guidance, num_classes)
+        return diffusion.sample(param, net, rng, scorer.reference.shape, labels, sampler=sampler,
+                                steps=steps, times=tuple(config.generation.times))
+
+    return np.asarray(sample(params, jax.random.key(1000 + seed)))
+
+
+def save_png(samples: np.ndarray, path: str, title: str) -> str:
+    """A scatter plot (2-D points) or a grid of the first 64 images, as PNG."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    figure, axes = plt.subplots(figsize=(4, 4), dpi=80)
+    if samples.ndim == 2:
+        axes.scatter(samples[:, 0], samples[:, 1], s=1, alpha=0.4)
+        axes.set_xlim(-3, 3)
+        axes.set_ylim(-3, 3)
+    else:
+        count = _DIGIT_GRID ** 2
+        tiles = np.clip(np.nan_to_num(samples[:count, ..., 0]), -1, 1)
+        size = tiles.shape[1]
+        grid = tiles.reshape(_DIGIT_GRID, _DIGIT_GRID, size, size).transpose(0, 2, 1, 3)
+        axes.imshow(grid.reshape(_DIGIT_GRID * size, _DIGIT_GRID * size), cmap="gray_r")
+        axes.axis("off")
+    axes.set_title(title, fontsize=8)
+    figure.savefig(path, bbox_inches="tight")
+    plt.close(figure)
+    return path
+
+
+def _slug(text: str) -> str:
+    return re.sub(r"[^a-z0-9]+", "_", text.lower()).strip("_")
+
+
+def _sampled_row(setting: str, run_dirs: list[str], scorer: Scorer, sampler: str, steps: int,
+                 workdir: str, note: str = "") -> Row:
+    values, image = [], None
+    for seed, run_dir in enumerate(run_dirs):
+        samples = draw(run_dir, scorer, sampler, steps, seed)
+        values.append(scorer.score(samples))
+        if seed == 0:
+            image = save_png(samples, os.path.join(workdir, "samples", _slug(setting) + ".png"),
+                             f"{setting}: {scorer.metric} {values[0]:.3g}")
+    return Row(setting, values, note=note, image=image)
+
+
+def _kind_rows(kind: str, scale: str, workdir: str, seeds: int, load: ConfigLoader,
+               parameterization: str, students: tuple[Student, ...]) -> list[Row]:
+    teacher_dir = train_teacher(load, scale, kind, parameterization, workdir)
+    scorer = _scorer(kind, checkpoint.read_config(teacher_dir), load, scale, workdir)
+    prefix = "2-D" if kind == "2d" else "digits"
+    rows = [Row(f"{prefix}: data ({scorer.floor_note})", [scorer.floor] * seeds,
+                note=f"{scorer.metric} floor")]
+    for sampler, steps in TEACHER_SAMPLERS:
+        nfe = diffusion.sampler_nfe(sampler, steps)
+        rows.append(_sampled_row(
+            f"{prefix}: teacher ({parameterization}), {sampler} NFE={nfe}", [teacher_dir] * seeds,
+            scorer, sampler, steps, workdir))
+    for student in students:
+        run_dirs = []
+        for seed in range(seeds):
+            config = load(f"{student.config}:{scale},{kind}")
+            config.update_from_flattened_dict(student.overrides)
+            config.seed = seed
+            if config.teacher.config:
+                config.teacher.checkpoint = teacher_dir
+            run_dir = os.path.join(workdir, f"{kind}_{_slug(student.label)}_seed{seed}")
+            train.train_and_evaluate(config, run_dir, progress=False)
+            run_dirs.append(run_dir)
+        sampler = checkpoint.read_config(run_dirs[0]).generation.sampler
+        for steps in STUDENT_STEPS:
+            rows.append(_sampled_row(f"{prefix}: {student.label}, {steps} step{'s' * (steps > 1)}",
+                                     run_dirs, scorer, sampler, steps, workdir))
+    return rows
+
+
+def experiment(name: str, description: str, paper_reference: str, parameterization: str,
+               students: tuple[Student, ...], notes=lambda scale, rows: "") -> Experiment:
+    """A step-distillation table: every kind's teacher rows, then each student's."""
+
+    def rows(scale: str, workdir: str, seeds: int, load: ConfigLoader) -> list[Row]:
+        if scale == "paper":
+            raise DistillError(
+                f"{name} at paper scale is CIFAR-10, scored by FID, whose Inception network is"
+                " not bundled: train its configs with :paper on a GPU/TPU"
+                f" (`jaxdistill train --config {students[0].config}:paper ...`) and score the"
+                " samples with an FID tool")
+        return [row for kind in KINDS for row in _kind_rows(
+            kind, scale, workdir, seeds, load, parameterization, students)]
+
+    return Experiment(
+        name=name, description=description + "\n\n" + __doc__.split("\n\n", 1)[1].strip(),
+        metric="SWD on 2-D rows, FD on digits rows", higher_is_better=False, default_seeds=2,
+        paper_reference=paper_reference, rows=rows, notes=notes)
