@@ -27,4 +27,6 @@ def get_config(arg=None):
     config.ema_decay = 0.999
     config.optimizer.update({"lr": 2e-4, "warmup_steps": 0, "schedule": "constant"})
     config.generation.update({"sampler": "consistency", "steps": 1})
+    if scale == "local":
+        config.total_steps = {"2d": 6000, "digits": 2000}[kind]
     return config

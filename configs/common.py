@@ -39,9 +39,9 @@ GENERATIVE_DATA = {
            "eval_batch_size": 1000,
            "model": {"model": "denoiser_mlp", "width": 128, "depth": 3}},
     # UCI digits (8×8, [-1, 1]): a class-conditional DiT on 2×2 patches (16 tokens).
-    "digits": {"data": "sklearn_digits", "sigma_data": 0.5, "batch_size": 128,
+    "digits": {"data": "sklearn_digits", "sigma_data": 0.5, "batch_size": 64,
                "eval_batch_size": 180,
-               "model": {"model": "dit", "width": 96, "depth": 4, "heads": 4, "patch": 2,
+               "model": {"model": "dit", "width": 64, "depth": 3, "heads": 4, "patch": 2,
                          "num_classes": 10}},
 }
 # The published setting: CIFAR-10 at 32×32 with a DiT-B/2 (the papers' U-Nets differ).
@@ -51,6 +51,8 @@ PAPER_GENERATIVE = {"data": "cifar10", "sigma_data": 0.5, "batch_size": 512,
                               "num_classes": 10}}
 # Each parameterization's training-noise distribution, as its paper sets it; JVP-trained
 # TrigFlow and flow models embed the time unscaled (sCM §4.1), EDM's c_noise is scaled up.
+# Steps of a local teacher run (each method's config sets its own).
+LOCAL_STEPS = {"2d": 6000, "digits": 4000}
 NOISE = {"edm": (-1.2, 1.2, 1000.0), "trigflow": (-1.0, 1.4, 1.0), "flow": (-0.4, 1.0, 1.0)}
 
 
@@ -86,7 +88,7 @@ def generative_base(scale: str, kind: str, parameterization: str) -> ml_collecti
     config.eval_splits = ("test",) if scale == "paper" else ("validation",)
     config.optimizer.update({"name": "adamw", "lr": 1e-3 if kind == "2d" else 5e-4,
                              "warmup_steps": 200})
-    config.total_steps = {"smoke": 20, "local": 6000, "paper": 400_000}[scale]
+    config.total_steps = {"smoke": 20, "local": LOCAL_STEPS[kind], "paper": 400_000}[scale]
     config.update({"log_every": 200, "eval_every": 2000})
     config.checkpoint.every_steps = 2000
     if scale == "paper":

@@ -28,6 +28,6 @@ def get_config(arg=None):
     config.optimizer.update({"lr": 2e-4, "b1": 0.0, "b2": 0.99, "warmup_steps": 0,
                              "schedule": "constant"})
     config.generation.update({"sampler": "consistency", "steps": 1})
-    if scale != "smoke":
-        config.total_steps = 3000
+    if scale == "local":
+        config.total_steps = {"2d": 3000, "digits": 1500}[kind]
     return config

@@ -26,6 +26,6 @@ def get_config(arg=None):
     config.ema_decay = 0.999
     config.optimizer.update({"lr": 1e-3, "warmup_steps": 0, "schedule": "constant"})
     config.generation.update({"sampler": "consistency", "steps": 1})
-    if scale != "smoke":
-        config.total_steps = 8000
+    if scale == "local":
+        config.total_steps = {"2d": 8000, "digits": 4000}[kind]
     return config

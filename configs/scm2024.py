@@ -32,4 +32,6 @@ def get_config(arg=None):
     config.optimizer.update({"lr": 2e-4, "b2": 0.99, "warmup_steps": 0,
                              "schedule": "constant"})
     config.generation.update({"sampler": "consistency", "steps": 1, "times": (1.1,)})
+    if scale == "local":
+        config.total_steps = {"2d": 6000, "digits": 2000}[kind]
     return config
