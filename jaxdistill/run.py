@@ -82,6 +82,8 @@ class Run:
             "optimizer_state": _bytes_per_device(abstract.opt_state),
             "ema_params": _bytes_per_device(abstract.ema_params),
             "snapshot_params": _bytes_per_device(abstract.snapshot_params),
+            # A method's own state: CD's EMA target, DMD2's fake score and its optimizer.
+            "method_state": _bytes_per_device(abstract.method_state),
             "teacher_params": _bytes_per_device(self.teacher_params),
         }
         if batch is not None:

@@ -72,3 +72,21 @@ def test_distillspec2024_smoke_writes_the_table(tmp_path, data_dir):
         assert 1.0 <= row["extra"]["block_efficiency"]["value"] <= gamma + 1
     # The LM tables share one teacher, beside their workdirs.
     assert (tmp_path / "lm_teacher_docs_smoke" / "checkpoints").is_dir()
+
+
+@pytest.mark.slow
+def test_cd2023_smoke_writes_the_table_and_sample_grids(tmp_path, data_dir):
+    table = _smoke_table("cd2023", tmp_path, data_dir, seeds=1)
+    settings = [row["setting"] for row in table["rows"]]
+    for kind in ("2-D", "digits"):
+        assert f"{kind}: teacher (edm), heun NFE=35" in settings
+        assert f"{kind}: CD, 1 step" in settings and f"{kind}: CD, 2 steps" in settings
+    assert all(row["value"] >= 0 for row in table["rows"])
+    markdown = (tmp_path / "results" / "cd2023_smoke.md").read_text()
+    grids = sorted((tmp_path / "results" / "cd2023_smoke").glob("*.png"))
+    # One PNG per sampled row (every row but the two data floors), linked from the table.
+    assert len(grids) == len(settings) - 2
+    assert all(f"(cd2023_smoke/{grid.name})" in markdown for grid in grids)
+    # Teachers and the FD classifier live beside the workdir, for the other tables to reuse.
+    assert (tmp_path / "diffusion_digits_edm_smoke" / "checkpoints").is_dir()
+    assert (tmp_path / "hinton_teacher_digits_smoke" / "checkpoints").is_dir()
