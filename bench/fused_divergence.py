@@ -1,13 +1,15 @@
 """Fused linear divergence vs materialized logits: temporary memory and time of value-and-grad.
 
   python bench/fused_divergence.py [--tokens 1024 4096] [--vocab 8192 32768] [--width 256]
-                                   [--kinds fkl jsd] [--repeats 5] [--out results/perf.md]
+                                   [--kinds fkl jsd] [--repeats 5] [--pallas_blocks 64:512]
+                                   [--out results/perf.md]
 
 For each (tokens N, vocabulary V, divergence) the compiled `jax.value_and_grad` with respect to
 the student's hidden states and head is measured for:
   unfused   `h_s @ W_s`, `h_t @ W_t` materialized, then `losses.divergence` (plain XLA)
   fused     `jaxdistill.kernels.fused_linear_divergence`: the chunked XLA path on CPU; on a GPU or
-            TPU also the Pallas kernels
+            TPU also the Pallas kernels, a row per --pallas_blocks pair (a kernel that fails to
+            compile is a row saying so, its error's first lines on stderr)
   liger     Liger-Kernel's LigerFusedLinearJSD (jsd only) when torch sees a CUDA device and
             `liger_kernel` is installed: the published mark for the same operation
 Memory is XLA's memory analysis of the compiled program (temporaries: everything but the
@@ -25,6 +27,7 @@ import shlex
 import statistics
 import sys
 import time
+import traceback
 
 import jax
 import jax.numpy as jnp
@@ -91,6 +94,15 @@ def measure_liger(tokens: int, width: int, vocab: int, repeats: int) -> dict | N
             "seconds": statistics.median(times), "value": float("nan")}
 
 
+def _liger_status() -> str:
+    try:
+        import torch
+        import liger_kernel  # noqa: F401
+    except ImportError as error:
+        return f"not measured ({error})"
+    return "measured" if torch.cuda.is_available() else "not measured (torch sees no CUDA device)"
+
+
 def rows_for(tokens: int, vocab: int, kind: str, args) -> list[tuple[str, dict]]:
     inputs = _inputs(tokens, args.width, vocab, jnp.dtype(args.dtype))
     unfused = functools.partial(fused.reference, kind=kind)
@@ -99,14 +111,28 @@ def rows_for(tokens: int, vocab: int, kind: str, args) -> list[tuple[str, dict]]
                 fused.fused_linear_divergence, kind=kind, implementation="xla"),
                 inputs, args.repeats))]
     if jax.default_backend() in ("gpu", "tpu"):
-        rows.append(("fused, Pallas", measure_jax(functools.partial(
-            fused.fused_linear_divergence, kind=kind, implementation="pallas"),
-            inputs, args.repeats)))
+        for blocks in args.pallas_blocks:
+            block_tokens, block_vocab = (int(b) for b in blocks.split(":"))
+            name = f"fused, Pallas {block_tokens}×{block_vocab}"
+            try:
+                rows.append((name, measure_jax(functools.partial(
+                    fused.fused_linear_divergence, kind=kind, implementation="pallas",
+                    block_tokens=block_tokens, block_vocab=block_vocab), inputs, args.repeats)))
+            except Exception as error:  # noqa: BLE001 - a kernel that cannot lower is a row
+                lines = "".join(traceback.format_exception_only(error)).splitlines()
+                print(f"{name}, N={tokens}, V={vocab}, {kind} failed:", *lines[:30],
+                      sep="\n    ", file=sys.stderr, flush=True)
+                rows.append((name, {"failed": lines[0][:100]}))
     if kind == "jsd":
         liger = measure_liger(tokens, args.width, vocab, args.repeats)
         if liger:
             rows.append(("Liger FusedLinearJSD (torch)", liger))
     return rows
+
+
+def _ms(seconds: float) -> str:
+    """Whole milliseconds, or two decimals below 10 ms (a GPU's kernels)."""
+    return f"{1e3 * seconds:,.0f}" if seconds >= 0.01 else f"{1e3 * seconds:.2f}"
 
 
 def table(args) -> list[str]:
@@ -118,9 +144,13 @@ def table(args) -> list[str]:
                 rows = rows_for(tokens, vocab, kind, args)
                 base = rows[0][1]
                 for name, result in rows:
+                    if "failed" in result:
+                        lines.append(f"| {tokens} | {vocab} | {kind} | {name} | failed to"
+                                     f" compile: `{result['failed']}` | | | | |")
+                        continue
                     lines.append(
                         f"| {tokens} | {vocab} | {kind} | {name} | {result['temp'] / MiB:,.0f} MiB"
-                        f" | {result['temp'] / base['temp']:.3f} | {1e3 * result['seconds']:,.0f}"
+                        f" | {result['temp'] / base['temp']:.3f} | {_ms(result['seconds'])}"
                         f" | {result['seconds'] / base['seconds']:.2f} | {result['value']:.6f} |")
                 print(*lines[-len(rows):], sep="\n", flush=True)
     return lines
@@ -134,6 +164,8 @@ def main() -> None:
     parser.add_argument("--kinds", nargs="+", default=["fkl", "jsd"])
     parser.add_argument("--dtype", default="float32")
     parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--pallas_blocks", nargs="+", default=["64:512"],
+                        help="GPU/TPU only: a Pallas row per block_tokens:block_vocab pair")
     parser.add_argument("--out", default=None, help="append the report to this file")
     args = parser.parse_args()
     started, load_at_start = time.perf_counter(), os.getloadavg()[0]
@@ -150,7 +182,7 @@ def main() -> None:
         f"- method: compiled `jax.value_and_grad` in the student's hidden states and head, width"
         f" {args.width}, {args.dtype} inputs; temporaries from XLA's memory analysis; ms = median"
         f" of {args.repeats} calls after a warm-up; ratios against the unfused row of the same"
-        " case, measured in the same run.", "", *rows, ""]
+        " case, measured in the same run.", f"- Liger-Kernel: {_liger_status()}", "", *rows, ""]
     report.publish("\n".join(lines), args.out)
 
 
