@@ -101,39 +101,58 @@ class Head(nn.Module):
         return dense(math.prod(shape[1:]), ("embed", None), zero=True)(h).reshape(shape)
 
 
-class DenoiserMLP(nn.Module):
-    """A residual MLP denoiser for low-dimensional data (2-D toys), or any input flattened."""
+class Denoiser(nn.Module):
+    """What every denoiser shares: the conditioning vector, sCM's weighting head, and the
+    adaLN output layer. Subclasses call `setup_shared()` in their setup."""
 
-    width: int = 256
-    depth: int = 4
+    width: int = 128
     num_classes: int = 0
     interval_conditioning: bool = False
     adaptive_weight: bool = False
 
-    def setup(self):
+    def setup_shared(self):
         self.conditioning = Conditioning(self.width, self.num_classes, self.interval_conditioning)
-        self.stem = dense(self.width, (None, "embed"))
-        self.blocks = [ResidualBlock(self.width) for _ in range(self.depth)]
         self.out_norm = nn.LayerNorm(use_scale=False, use_bias=False)
         self.out_modulation = dense(2 * self.width, ("embed", "mlp"), zero=True)
         self.head = Head()
         if self.adaptive_weight:
             self.weighting = AdaptiveWeight()
 
-    def __call__(self, x, c_noise, label=None, *, train: bool = False, interval=None):
-        del train  # no dropout: consistency pairs must see the same network
+    def condition(self, c_noise, label, interval):
         if self.adaptive_weight and self.is_initializing():
-            self.log_weight(c_noise)
-        cond = self.conditioning(c_noise, label, interval)
-        h = self.stem(x.reshape(x.shape[0], -1))
-        for block in self.blocks:
-            h = block(h, cond)
-        shift, scale = jnp.split(self.out_modulation(nn.silu(cond)), 2, axis=-1)
-        h = self.out_norm(h) * (1 + scale) + shift
-        return self.head(h, x.shape)
+            self.log_weight(c_noise)  # creates the weighting head's params with the rest
+        return self.conditioning(c_noise, label, interval)
+
+    def output(self, h, cond, shape):
+        """Modulated norm, then the zero-initialised head; h is [B, width] or [B, L, width]."""
+        modulation = self.out_modulation(nn.silu(cond))
+        if h.ndim == 3:
+            modulation = modulation[:, None, :]
+        shift, scale = jnp.split(modulation, 2, axis=-1)
+        return self.head(self.out_norm(h) * (1 + scale) + shift, shape)
 
     def log_weight(self, c_noise):
         return self.weighting(c_noise)
+
+
+class DenoiserMLP(Denoiser):
+    """A residual MLP denoiser for low-dimensional data (2-D toys), or any input flattened."""
+
+    width: int = 256
+    depth: int = 4
+
+    def setup(self):
+        self.setup_shared()
+        self.stem = dense(self.width, (None, "embed"))
+        self.blocks = [ResidualBlock(self.width) for _ in range(self.depth)]
+
+    def __call__(self, x, c_noise, label=None, *, train: bool = False, interval=None):
+        del train  # no dropout: consistency pairs must see the same network
+        cond = self.condition(c_noise, label, interval)
+        h = self.stem(x.reshape(x.shape[0], -1))
+        for block in self.blocks:
+            h = block(h, cond)
+        return self.output(h, cond, x.shape)
 
 
 def sincos_positions(grid: int, dim: int) -> jnp.ndarray:
@@ -198,48 +217,32 @@ class DiTBlock(nn.Module):
         return x + gate2 * dense(self.width, ("mlp_in", "embed"))(h)
 
 
-class DiT(nn.Module):
+class DiT(Denoiser):
     """A small Diffusion Transformer for [B, H, W, C] images: p×p patches, fixed sin-cos
     positions, adaLN-Zero blocks conditioned on time (+ interval) (+ class), a zero-initialised
     adaLN output layer, unpatchified back to the image."""
 
-    width: int = 128
     depth: int = 4
     heads: int = 4
     patch: int = 2
-    num_classes: int = 0
-    interval_conditioning: bool = False
-    adaptive_weight: bool = False
     qk_norm: bool = True
     attention: str = "flash"
 
     def setup(self):
-        self.conditioning = Conditioning(self.width, self.num_classes, self.interval_conditioning)
+        self.setup_shared()
         self.embed_patches = dense(self.width, (None, "embed"))
         self.blocks = [DiTBlock(self.width, self.heads, self.qk_norm, self.attention)
                        for _ in range(self.depth)]
-        self.out_norm = nn.LayerNorm(use_scale=False, use_bias=False)
-        self.out_modulation = dense(2 * self.width, ("embed", "mlp"), zero=True)
-        self.head = Head()
-        if self.adaptive_weight:
-            self.weighting = AdaptiveWeight()
 
     def __call__(self, x, c_noise, label=None, *, train: bool = False, interval=None):
         del train  # no dropout: consistency pairs must see the same network
-        if self.adaptive_weight and self.is_initializing():
-            self.log_weight(c_noise)
-        batch, height, width, channels = x.shape
+        cond = self.condition(c_noise, label, interval)
+        _, height, _, channels = x.shape
         p = self.patch
         patches = einops.rearrange(x, "b (h p) (w q) c -> b (h w) (p q c)", p=p, q=p)
         h = self.embed_patches(patches) + sincos_positions(height // p, self.width)
-        cond = self.conditioning(c_noise, label, interval)
         for block in self.blocks:
             h = block(h, cond)
-        shift, scale = jnp.split(self.out_modulation(nn.silu(cond))[:, None, :], 2, axis=-1)
-        h = self.out_norm(h) * (1 + scale) + shift
-        out = self.head(h, patches.shape)
+        out = self.output(h, cond, patches.shape)
         return einops.rearrange(out, "b (h w) (p q c) -> b (h p) (w q) c", h=height // p, p=p,
                                 q=p, c=channels)
-
-    def log_weight(self, c_noise):
-        return self.weighting(c_noise)
