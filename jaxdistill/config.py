@@ -84,9 +84,11 @@ def base() -> ml_collections.ConfigDict:
     # DMD2: the fake-score network's updates per generator update (two time-scale rule) and
     # their learning rate, the teacher's guidance scale in the real score, and the times the
     # generator is trained to denoise from (empty: one step from σ_max; more for a multi-step
-    # generator, reached by backward simulation from its own one-step samples).
+    # generator, reached by backward simulation from its own one-step samples); gan_weight > 0
+    # adds the GAN head's generator loss, discriminator_weight its loss in the fake updates.
     c.dmd2 = ml_collections.ConfigDict({"fake_updates": 5, "fake_lr": 2e-4, "guidance": 1.0,
-                                        "generator_times": ()})
+                                        "generator_times": (), "gan_weight": 0.0,
+                                        "discriminator_weight": 1e-2})
     # How a generative model samples at evaluation: sampler (euler, heun, consistency,
     # meanflow), steps, guidance scale, and the intermediate times of multistep consistency
     # sampling (empty: spaced like the Karras grid).

@@ -52,7 +52,8 @@ def make_train_step(loss: StatefulLoss, optimizer: optax.GradientTransformation,
         if snapshot is not None:
             refresh = _epoch(state.step + 1, steps_per_epoch) > _epoch(state.step, steps_per_epoch)
             snapshot = jax.tree.map(lambda new, old: jnp.where(refresh, new, old), params, snapshot)
-        method_state = loss.update_state(state.method_state, state.step, value, metrics, params)
+        method_state = loss.update_state(state.method_state, state.step, value, metrics, params,
+                                         batch)
         new_state = state.replace(step=state.step + 1, params=params, opt_state=opt_state,
                                   ema_params=ema_params, snapshot_params=snapshot,
                                   method_state=method_state)

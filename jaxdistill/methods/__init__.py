@@ -30,13 +30,14 @@ class StatefulLoss:
     `loss_fn(params, teacher_params, batch, rng, step, method_state) -> (loss, metrics)`; the
     state starts as `init_state(params)` (the student's initial params) and after each step
     (number `step`, counted from 0) the engine stores
-    `update_state(method_state, step, loss, metrics, params)` with the updated params (what an
-    EMA target network follows).
+    `update_state(method_state, step, loss, metrics, params, batch)` with the updated params
+    (what an EMA target network follows) and the step's batch (what DMD2's discriminator sees
+    as real).
     """
 
     loss_fn: Callable[..., tuple[Any, dict]]
     init_state: Callable[[Any], Any]
-    update_state: Callable[[Any, Any, Any, dict, Any], Any]
+    update_state: Callable[[Any, Any, Any, dict, Any, dict], Any]
 
 
 def as_stateful(loss: "LossFn | StatefulLoss") -> StatefulLoss:

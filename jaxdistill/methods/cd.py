@@ -62,8 +62,8 @@ def make_loss(config, student, teacher):
     def init_state(params):
         return jax.tree.map(jnp.copy, params)
 
-    def update_state(target_params, step, loss, metrics, params):
-        del step, loss, metrics
+    def update_state(target_params, step, loss, metrics, params, batch):
+        del step, loss, metrics, batch
         return optax.incremental_update(params, target_params, 1.0 - settings.target_ema)
 
     return StatefulLoss(loss_fn, init_state, update_state)

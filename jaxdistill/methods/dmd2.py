@@ -5,13 +5,17 @@ G(z) = f_θ(σ_max·z, σ_max). Its loss follows the distribution-matching gradi
 between a "fake" score network, trained on G's own samples, and the teacher's ("real") score at
 a noised version of G's sample,
     x = G(z),  x_t = x + σ·ε,  grad = (D_fake(x_t) − D_real(x_t)) / mean|x − D_real(x_t)|,
-    loss = ½·‖x − sg(x − grad)‖²,
+    loss = ½·‖x − sg(x − grad)‖²  (+ gan_weight · softplus(−C(x_t)), the GAN term),
 so G moves where the teacher's denoiser points and away from where its own distribution's does.
 The fake score is a copy of the teacher, trained by denoising score matching on sg(G(z)); it is
-carried in the method state with its own Adam and updated `fake_updates` times per generator
-update (the two time-scale rule that replaces DMD's regression loss). A multi-step generator
-(config.dmd2.generator_times) is also trained at inner times, on its own one-step samples
-re-noised (backward simulation). Not implemented: the optional GAN head on the fake score.
+carried in the method state with its own Adam (β1 = 0, β2 = 0.99) and updated `fake_updates`
+times per generator update (the two time-scale rule that replaces DMD's regression loss).
+With `gan_weight` > 0 the fake score also carries DMD2's GAN head C on its last hidden
+features (`config.student.gan_head`): it learns to tell noised real images from noised
+generated ones (`discriminator_weight` · the logistic loss, in the fake-score updates), and
+the generator gets the non-saturating loss softplus(−C). A multi-step generator
+(`generator_times`) is also trained at inner times, on its own one-step samples re-noised
+(backward simulation).
 """
 
 from __future__ import annotations
@@ -22,6 +26,7 @@ import numpy as np
 import optax
 
 from jaxdistill import data, diffusion
+from jaxdistill.errors import DistillError
 from jaxdistill.methods import StatefulLoss, register
 from jaxdistill.methods.cd import edm_parameterization
 
@@ -30,10 +35,14 @@ from jaxdistill.methods.cd import edm_parameterization
 def make_loss(config, student, teacher):
     param = edm_parameterization(config, "dmd2")
     settings = config.dmd2
+    gan = settings.gan_weight > 0
+    if gan and not config.student.get("gan_head"):
+        raise DistillError("dmd2 with config.dmd2.gan_weight > 0 needs the fake score's GAN head;"
+                           " set config.student.gan_head=True")
     num_classes = config.student.get("num_classes", 0)
     sample_shape = (config.batch_size, *data.spec(config.data).inputs["x"][0])
     times = jnp.asarray(np.array([param.t_max, *settings.generator_times], np.float32))
-    fake_optimizer = optax.adam(settings.fake_lr, b1=0.0, b2=0.99)  # DMD2's fake-score Adam
+    fake_optimizer = optax.adam(settings.fake_lr, b1=0.0, b2=0.99)
 
     def generate(params, rng, n, label):
         """G's samples, each from one of the generator times (backward simulation for the
@@ -54,6 +63,11 @@ def make_loss(config, student, teacher):
     def labels(rng, n):
         return jax.random.randint(rng, (n,), 0, num_classes) if num_classes else None
 
+    def logit(fake_params, x, t, label):
+        c_in, c_noise = param.network_inputs(x, t)
+        return student.apply(fake_params, c_in * x, c_noise, label, train=True,
+                             with_logit=True)[1]
+
     def loss_fn(params, teacher_params, batch, rng, step, fake):
         del step
         n = batch["x"].shape[0]
@@ -61,20 +75,29 @@ def make_loss(config, student, teacher):
         label = labels(label_rng, n)
         x = generate(params, gen_rng, n, label)
         t = param.sample_time(time_rng, n)
-        x_t = jax.lax.stop_gradient(param.noisy(x, jax.random.normal(noise_rng, x.shape), t))
+        x_t = param.noisy(x, jax.random.normal(noise_rng, x.shape), t)
+        frozen_x_t = jax.lax.stop_gradient(x_t)
         real = param.denoise(diffusion.network(teacher, teacher_params, settings.guidance,
-                                               num_classes), x_t, t, label)
-        fake_denoised = param.denoise(diffusion.network(student, fake["params"]), x_t, t, label)
+                                               num_classes), frozen_x_t, t, label)
+        fake_denoised = param.denoise(diffusion.network(student, fake["params"]), frozen_x_t, t,
+                                      label)
         scale = jnp.mean(jnp.abs(jnp.reshape(x - real, (n, -1))), axis=-1)
         grad = jax.lax.stop_gradient(
             (fake_denoised - real) / diffusion.per_example(jnp.maximum(scale, 1e-8), x))
         per_example = 0.5 * jnp.sum(jnp.reshape(x - jax.lax.stop_gradient(x - grad), (n, -1)) ** 2,
                                     axis=-1)
-        loss, nonfinite = diffusion.finite_mean(per_example)
-        return loss, {"nonfinite": nonfinite, "dmd_gradient": jnp.mean(scale)}
+        metrics = {"dmd_scale": jnp.mean(scale)}
+        if gan:
+            generator_gan = jax.nn.softplus(-logit(jax.lax.stop_gradient(fake["params"]), x_t, t,
+                                                   label))
+            per_example += settings.gan_weight * generator_gan
+            metrics["gan_generator"] = jnp.mean(generator_gan)
+        loss, metrics["nonfinite"] = diffusion.finite_mean(per_example)
+        return loss, metrics
 
-    def fake_loss(fake_params, generator_params, rng):
-        gen_rng, time_rng, noise_rng, label_rng = jax.random.split(rng, 4)
+    def fake_loss(fake_params, generator_params, rng, batch):
+        """Denoising score matching on G's samples (+ the discriminator's logistic loss)."""
+        gen_rng, time_rng, noise_rng, label_rng, real_rng = jax.random.split(rng, 5)
         n = sample_shape[0]
         label = labels(label_rng, n)
         x0 = jax.lax.stop_gradient(generate(generator_params, gen_rng, n, label))
@@ -82,18 +105,28 @@ def make_loss(config, student, teacher):
         noise = jax.random.normal(noise_rng, x0.shape)
         x_t = param.noisy(x0, noise, t)
         raw = param.raw(diffusion.network(student, fake_params, train=True), x_t, t, label)
-        return diffusion.finite_mean(param.training_loss(raw, x0, noise, x_t, t))[0]
+        loss = diffusion.finite_mean(param.training_loss(raw, x0, noise, x_t, t))[0]
+        if gan:
+            real = batch["x"]
+            real_label = batch.get("label") if num_classes else None
+            real_t = param.sample_time(real_rng, real.shape[0])
+            real_x_t = param.noisy(real, jax.random.normal(real_rng, real.shape), real_t)
+            discriminator = (jnp.mean(jax.nn.softplus(-logit(fake_params, real_x_t, real_t,
+                                                             real_label)))
+                             + jnp.mean(jax.nn.softplus(logit(fake_params, x_t, t, label))))
+            loss += settings.discriminator_weight * discriminator
+        return loss
 
     def init_state(params):
         fake = jax.tree.map(jnp.copy, params)
         return {"params": fake, "opt_state": fake_optimizer.init(fake)}
 
-    def update_state(fake, step, loss, metrics, params):
+    def update_state(fake, step, loss, metrics, params, batch):
         del loss, metrics
 
         def fake_update(fake, index):
             rng = jax.random.fold_in(jax.random.key(config.seed + 1), step * 1000 + index)
-            grads = jax.grad(fake_loss)(fake["params"], params, rng)
+            grads = jax.grad(fake_loss)(fake["params"], params, rng, batch)
             updates, opt_state = fake_optimizer.update(grads, fake["opt_state"], fake["params"])
             return {"params": optax.apply_updates(fake["params"], updates),
                     "opt_state": opt_state}, None

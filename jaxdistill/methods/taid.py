@@ -68,8 +68,8 @@ def make_loss(config, student, teacher):
         return {"t": jnp.float32(settings.t_start), "momentum": jnp.float32(0.0),
                 "previous": jnp.float32(jnp.inf)}
 
-    def update_state(state, step, objective, metrics, params):
-        del metrics, params
+    def update_state(state, step, objective, metrics, params, batch):
+        del metrics, params, batch
         return next_t(state, objective, step, config.total_steps, settings)
 
     return StatefulLoss(loss_fn, init_state, update_state)

@@ -5,7 +5,8 @@ interval=None)`: `x_in` the (preconditioned) noisy input, `c_noise` [B] the time
 parameterization encodes it (`jaxdistill.diffusion`), `label` [B] class ids where the model is
 class-conditional (id `num_classes` is the "no class" of classifier-free guidance), and
 `interval` [B] the second time of two-time models (MeanFlow's t − r). `log_weight(c_noise)` is
-sCM's learned adaptive loss weighting w_φ(t), present when `adaptive_weight` is set.
+sCM's learned adaptive loss weighting w_φ(t), present when `adaptive_weight` is set;
+`with_logit=True` also returns DMD2's discriminator logit, when `gan_head` is set.
 `DenoiserMLP` serves low-dimensional data (2-D toys); `DiT` images, with attention through the
 flash kernel whose JVP sCM and MeanFlow need.
 """
@@ -101,14 +102,27 @@ class Head(nn.Module):
         return dense(math.prod(shape[1:]), ("embed", None), zero=True)(h).reshape(shape)
 
 
+class GANHead(nn.Module):
+    """DMD2's discriminator head on a denoiser's last hidden features (mean over tokens)."""
+
+    @nn.compact
+    def __call__(self, h):
+        features = h if h.ndim == 2 else jnp.mean(h, axis=1)
+        features = nn.silu(nn.LayerNorm()(features))
+        features = nn.silu(dense(features.shape[-1], ("embed", "mlp"))(features))
+        return dense(1, ("mlp_in", None))(features)[:, 0]
+
+
 class Denoiser(nn.Module):
-    """What every denoiser shares: the conditioning vector, sCM's weighting head, and the
-    adaLN output layer. Subclasses call `setup_shared()` in their setup."""
+    """What every denoiser shares: the conditioning vector, sCM's weighting head, DMD2's GAN
+    head, and the adaLN output layer. Subclasses call `setup_shared()` in their setup and end
+    with `finish(...)`; `with_logit=True` also returns the GAN head's logit."""
 
     width: int = 128
     num_classes: int = 0
     interval_conditioning: bool = False
     adaptive_weight: bool = False
+    gan_head: bool = False
 
     def setup_shared(self):
         self.conditioning = Conditioning(self.width, self.num_classes, self.interval_conditioning)
@@ -117,6 +131,16 @@ class Denoiser(nn.Module):
         self.head = Head()
         if self.adaptive_weight:
             self.weighting = AdaptiveWeight()
+        if self.gan_head:
+            self.discriminator = GANHead()
+
+    def finish(self, h, cond, shape, with_logit: bool):
+        out = self.output(h, cond, shape)
+        if self.gan_head and (with_logit or self.is_initializing()):
+            logit = self.discriminator(h)
+            if with_logit:
+                return out, logit
+        return out
 
     def condition(self, c_noise, label, interval):
         if self.adaptive_weight and self.is_initializing():
@@ -146,13 +170,14 @@ class DenoiserMLP(Denoiser):
         self.stem = dense(self.width, (None, "embed"))
         self.blocks = [ResidualBlock(self.width) for _ in range(self.depth)]
 
-    def __call__(self, x, c_noise, label=None, *, train: bool = False, interval=None):
+    def __call__(self, x, c_noise, label=None, *, train: bool = False, interval=None,
+                 with_logit: bool = False):
         del train  # no dropout: consistency pairs must see the same network
         cond = self.condition(c_noise, label, interval)
         h = self.stem(x.reshape(x.shape[0], -1))
         for block in self.blocks:
             h = block(h, cond)
-        return self.output(h, cond, x.shape)
+        return self.finish(h, cond, x.shape, with_logit)
 
 
 def sincos_positions(grid: int, dim: int) -> jnp.ndarray:
@@ -234,7 +259,8 @@ class DiT(Denoiser):
         self.blocks = [DiTBlock(self.width, self.heads, self.qk_norm, self.attention)
                        for _ in range(self.depth)]
 
-    def __call__(self, x, c_noise, label=None, *, train: bool = False, interval=None):
+    def __call__(self, x, c_noise, label=None, *, train: bool = False, interval=None,
+                 with_logit: bool = False):
         del train  # no dropout: consistency pairs must see the same network
         cond = self.condition(c_noise, label, interval)
         _, height, _, channels = x.shape
@@ -243,6 +269,7 @@ class DiT(Denoiser):
         h = self.embed_patches(patches) + sincos_positions(height // p, self.width)
         for block in self.blocks:
             h = block(h, cond)
-        out = self.output(h, cond, patches.shape)
-        return einops.rearrange(out, "b (h w) (p q c) -> b (h p) (w q) c", h=height // p, p=p,
-                                q=p, c=channels)
+        out = self.finish(h, cond, patches.shape, with_logit)
+        image = functools.partial(einops.rearrange, pattern="b (h w) (p q c) -> b (h p) (w q) c",
+                                  h=height // p, p=p, q=p, c=channels)
+        return (image(out[0]), out[1]) if with_logit else image(out)
