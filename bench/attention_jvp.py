@@ -22,7 +22,6 @@ import datetime
 import functools
 import os
 import shlex
-import statistics
 import sys
 import time
 
@@ -35,20 +34,10 @@ from jaxdistill.kernels.flash_attention import attention_reference, flash_attent
 MiB = 2**20
 
 
-def _median_seconds(call, repeats: int) -> float:
-    jax.block_until_ready(call())
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        jax.block_until_ready(call())
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
-
-
 def measure(fn, inputs, repeats: int) -> dict:
     compiled = jax.jit(fn).lower(*inputs).compile()
     return {"temp": compiled.memory_analysis().temp_size_in_bytes,
-            "seconds": _median_seconds(lambda: compiled(*inputs), repeats)}
+            "seconds": report.median_seconds(lambda: compiled(*inputs), repeats)}
 
 
 def programs(args) -> dict:

@@ -45,20 +45,10 @@ def _inputs(tokens: int, width: int, vocab: int, dtype):
     return [(jax.random.normal(k, s) * c).astype(dtype) for k, s, c in zip(keys, shapes, scales)]
 
 
-def _median_seconds(call, repeats: int) -> float:
-    jax.block_until_ready(call())
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        jax.block_until_ready(call())
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
-
-
 def measure_jax(loss, inputs, repeats: int) -> dict:
     compiled = jax.jit(jax.value_and_grad(loss, argnums=(0, 1))).lower(*inputs).compile()
     return {"temp": compiled.memory_analysis().temp_size_in_bytes,
-            "seconds": _median_seconds(lambda: compiled(*inputs), repeats),
+            "seconds": report.median_seconds(lambda: compiled(*inputs), repeats),
             "value": float(compiled(*inputs)[0])}
 
 

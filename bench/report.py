@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import os
 import platform
+import statistics
+import time
 
 import jax
 
@@ -19,3 +21,14 @@ def publish(text: str, out: str | None) -> None:
     if out:
         with open(out, "a") as f:
             f.write("\n" + text)
+
+
+def median_seconds(call, repeats: int) -> float:
+    """The median wall time of `call()` over `repeats` calls, after one warm-up call."""
+    jax.block_until_ready(call())
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        jax.block_until_ready(call())
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
