@@ -2,15 +2,15 @@
 
   jaxdistill train --config configs/cd2023.py:local --workdir runs/cd_2d
   jaxdistill train --config configs/cd2023.py:local,digits --workdir runs/cd_digits \\
-      --config.teacher.checkpoint=runs/edm_digits    # reuse a trained diffusion_digits teacher
+      --config.teacher.checkpoint=runs/edm_digits    # reuse a trained diffusion_images teacher
 
 ARG is `SCALE[,DATA]`: DATA `2d` (default, the checkerboard) or `digits` (a DiT on UCI digits);
-`paper` is CIFAR-10.
+`paper` is CIFAR-10 (`paper,imagenet64`: ImageNet 64×64).
 
 The paper's CIFAR-10 settings where they carry over: N = 18 Heun-discretised levels, target EMA
 μ = 0.95, σ ∈ [0.002, 80], ρ = 7, the student initialised from the teacher, Adam; the metric is
 squared L2 (its LPIPS needs an ImageNet network). Evaluation samples in one step (`--config.
-generation.steps=2` for two, through σ = `generation.times`). The teacher (`diffusion_DATA`) is
+generation.steps=2` for two, through σ = `generation.times`). The teacher (`diffusion_2d` or `diffusion_images`) is
 trained first into WORKDIR/teacher when teacher.checkpoint is empty.
 """
 
@@ -21,7 +21,7 @@ def get_config(arg=None):
     scale, kind = common.generative_arg(arg)
     config = common.generative_base(scale, kind, "edm")
     config.method = "cd"
-    config.teacher.config = f"diffusion_{kind}:{scale}"
+    config.teacher.config = common.teacher_config(scale, kind, "edm")
     config.student_init.from_teacher = True
     config.consistency.update({"discretization": 18, "target_ema": 0.95, "metric": "l2"})
     config.ema_decay = 0.999

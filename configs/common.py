@@ -31,7 +31,7 @@ SELF_DISTILLATION_MLP = {"model": "mlp", "hidden": (256, 256), "dropout": 0.0, "
                          "num_classes": 10}
 
 
-# Step distillation (configs diffusion_2d, diffusion_digits and the paper configs cd2023, …):
+# Step distillation (configs diffusion_2d, diffusion_images and the paper configs cd2023, …):
 # where the data lives and what denoises it, per data kind and scale.
 GENERATIVE_DATA = {
     # 2-D toys: about unit scale; a residual MLP.
@@ -44,11 +44,18 @@ GENERATIVE_DATA = {
                "model": {"model": "dit", "width": 64, "depth": 3, "heads": 4, "patch": 2,
                          "num_classes": 10}},
 }
-# The published setting: CIFAR-10 at 32×32 with a DiT-B/2 (the papers' U-Nets differ).
-PAPER_GENERATIVE = {"data": "cifar10", "sigma_data": 0.5, "batch_size": 512,
-                    "eval_batch_size": 500,
-                    "model": {"model": "dit", "width": 768, "depth": 12, "heads": 12, "patch": 2,
-                              "num_classes": 10}}
+# The published settings, on TFDS: CIFAR-10 at 32×32 with a DiT-B/2, and ImageNet at 64×64
+# (sCM's) with a DiT-B/4 (the papers' U-Nets differ), both class-conditional.
+PAPER_GENERATIVE = {
+    "cifar10": {"data": "cifar10", "sigma_data": 0.5, "batch_size": 512, "eval_batch_size": 500,
+                "eval_split": "test",
+                "model": {"model": "dit", "width": 768, "depth": 12, "heads": 12, "patch": 2,
+                          "num_classes": 10}},
+    "imagenet64": {"data": "imagenet_resized/64x64", "sigma_data": 0.5, "batch_size": 2048,
+                   "eval_batch_size": 500, "eval_split": "validation",
+                   "model": {"model": "dit", "width": 768, "depth": 12, "heads": 12, "patch": 4,
+                             "num_classes": 1000}},
+}
 # Each parameterization's training-noise distribution, as its paper sets it; JVP-trained
 # TrigFlow and flow models embed the time unscaled (sCM §4.1), EDM's c_noise is scaled up.
 # Steps of a local teacher run (each method's config sets its own).
@@ -56,17 +63,27 @@ LOCAL_STEPS = {"2d": 6000, "digits": 4000}
 NOISE = {"edm": (-1.2, 1.2, 1000.0), "trigflow": (-1.0, 1.4, 1.0), "flow": (-0.4, 1.0, 1.0)}
 
 
-def generative_arg(arg: str | None, default_data: str = "2d") -> tuple[str, str]:
-    """`SCALE[,DATA]` (DATA: 2d or digits) -> (scale, data)."""
+def generative_arg(arg: str | None) -> tuple[str, str]:
+    """`SCALE[,DATA]` -> (scale, data): DATA is 2d (default) or digits at smoke and local
+    scale, cifar10 (default) or imagenet64 at paper scale."""
     from jaxdistill import config as config_lib
     from jaxdistill.errors import DistillError
 
     scale, _, kind = (arg or "local").partition(",")
-    kind = kind or default_data
-    if kind not in GENERATIVE_DATA:
-        raise DistillError(f"unknown data {kind!r} in config arg {arg!r}; choose one of"
-                           f" {', '.join(GENERATIVE_DATA)}")
-    return config_lib.scale_of(scale), kind
+    scale = config_lib.scale_of(scale)
+    choices = PAPER_GENERATIVE if scale == "paper" else GENERATIVE_DATA
+    kind = kind or next(iter(choices))
+    if kind not in choices:
+        raise DistillError(f"unknown data {kind!r} in config arg {arg!r}; at {scale} scale choose"
+                           f" one of {', '.join(choices)}")
+    return scale, kind
+
+
+def teacher_config(scale: str, kind: str, parameterization: str) -> str:
+    """The config that trains the diffusion teacher of a method config at SCALE,DATA."""
+    if kind == "2d":
+        return f"diffusion_2d:{scale},{parameterization}"
+    return f"diffusion_images:{scale},{parameterization},{kind}"
 
 
 def generative_base(scale: str, kind: str, parameterization: str) -> ml_collections.ConfigDict:
@@ -74,7 +91,7 @@ def generative_base(scale: str, kind: str, parameterization: str) -> ml_collecti
     from jaxdistill import config as config_lib
 
     config = config_lib.base()
-    setting = PAPER_GENERATIVE if scale == "paper" else GENERATIVE_DATA[kind]
+    setting = (PAPER_GENERATIVE if scale == "paper" else GENERATIVE_DATA)[kind]
     config.data.update({"name": setting["data"], "task": "generation",
                         "cache": scale != "paper"})
     config.student = ml_collections.ConfigDict(setting["model"])
@@ -85,10 +102,10 @@ def generative_base(scale: str, kind: str, parameterization: str) -> ml_collecti
                              "p_std": p_std, "time_scale": time_scale})
     config.batch_size = setting["batch_size"]
     config.eval_batch_size = setting["eval_batch_size"]
-    config.eval_splits = ("test",) if scale == "paper" else ("validation",)
+    config.eval_splits = (setting.get("eval_split", "validation"),)
     config.optimizer.update({"name": "adamw", "lr": 1e-3 if kind == "2d" else 5e-4,
                              "warmup_steps": 200})
-    config.total_steps = {"smoke": 20, "local": LOCAL_STEPS[kind], "paper": 400_000}[scale]
+    config.total_steps = {"smoke": 20, "local": LOCAL_STEPS.get(kind), "paper": 400_000}[scale]
     config.update({"log_every": 200, "eval_every": 2000})
     config.checkpoint.every_steps = 2000
     if scale == "paper":

@@ -5,14 +5,14 @@
       --config.dmd2.generator_times='(2.5,)' --config.generation.steps=2
 
 ARG is `SCALE[,DATA]`: DATA `2d` (default, the checkerboard) or `digits` (a DiT on UCI digits);
-`paper` is CIFAR-10.
+`paper` is CIFAR-10 (`paper,imagenet64`: ImageNet 64×64).
 
 The paper's settings where they carry over: generator and fake score initialised from the
 teacher, the fake score updated 5 times per generator update (two time-scale rule), Adam with
 β1 = 0 and β2 = 0.99 for the fake score, no regression loss, the GAN head on the fake score's
 last hidden features (generator weight 3e-3, discriminator 1e-2; the paper's ablation without
 it: ImageNet-64 FID 2.61 instead of 1.28). The EDM
-teacher (`diffusion_DATA`) is trained first into WORKDIR/teacher when teacher.checkpoint is empty.
+teacher (`diffusion_2d` or `diffusion_images`) is trained first into WORKDIR/teacher when teacher.checkpoint is empty.
 """
 
 from jaxdistill.configs import common
@@ -22,7 +22,7 @@ def get_config(arg=None):
     scale, kind = common.generative_arg(arg)
     config = common.generative_base(scale, kind, "edm")
     config.method = "dmd2"
-    config.teacher.config = f"diffusion_{kind}:{scale}"
+    config.teacher.config = common.teacher_config(scale, kind, "edm")
     config.student_init.from_teacher = True
     # The GAN head: generator weight 3e-3 and discriminator weight 1e-2, the paper's ImageNet
     # values (`--config.dmd2.gan_weight=0` for the ablation without it).

@@ -3,7 +3,7 @@
   jaxdistill train --config configs/ict2023.py:local --workdir runs/ict_2d
 
 ARG is `SCALE[,DATA]`: DATA `2d` (default, the checkerboard) or `digits` (a DiT on UCI digits);
-`paper` is CIFAR-10.
+`paper` is CIFAR-10 (`paper,imagenet64`: ImageNet 64×64).
 
 The paper's settings: pseudo-Huber metric (c = 0.00054·√d), log-normal level sampling
 (P_mean = −1.1, P_std = 2.0), discretization curriculum s0 = 10 → s1 = 1280 doubling over the

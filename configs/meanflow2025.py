@@ -3,7 +3,7 @@
   jaxdistill train --config configs/meanflow2025.py:local --workdir runs/meanflow_2d
 
 ARG is `SCALE[,DATA]`: DATA `2d` (default, the checkerboard) or `digits` (a DiT on UCI digits);
-`paper` is CIFAR-10.
+`paper` is CIFAR-10 (`paper,imagenet64`: ImageNet 64×64).
 
 The paper's settings: the linear flow with t = 1 pure noise, logit-normal (−0.4, 1.0) times,
 25% of pairs with r ≠ t, the network conditioned on (t, t − r), adaptive weighting p = 1,

@@ -6,13 +6,13 @@
       --config.student_init.from_teacher=False
 
 ARG is `SCALE[,DATA]`: DATA `2d` (default, the checkerboard) or `digits` (a DiT on UCI digits);
-`paper` is CIFAR-10.
+`paper` is CIFAR-10 (`paper,imagenet64`: ImageNet 64×64).
 
 The paper's settings: TrigFlow with σ_d the data's scale, times tan t = e^τ/σ_d with
 τ ~ N(−1.0, 1.4²), tangent normalisation c = 0.1, tangent warm-up (10k of 400k steps in the
 paper, 1,000 of this run's), learned adaptive weighting, positional time embeddings in float32,
 Adam with β2 = 0.99, the student initialised from the teacher (sCD). Two-step sampling goes
-through t = 1.1, the paper's choice. The TrigFlow teacher (`diffusion_DATA:SCALE,trigflow`) is
+through t = 1.1, the paper's choice. The TrigFlow teacher (`diffusion_2d` or `diffusion_images`, `trigflow`) is
 trained first into WORKDIR/teacher when teacher.checkpoint is empty.
 """
 
@@ -23,7 +23,7 @@ def get_config(arg=None):
     scale, kind = common.generative_arg(arg)
     config = common.generative_base(scale, kind, "trigflow")
     config.method = "scm"
-    config.teacher.config = f"diffusion_{kind}:{scale},trigflow"
+    config.teacher.config = common.teacher_config(scale, kind, "trigflow")
     config.student.adaptive_weight = True
     config.student_init.from_teacher = True
     config.consistency.update({"tangent_warmup_steps": 1000 if scale != "smoke" else 5,

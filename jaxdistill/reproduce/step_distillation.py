@@ -5,7 +5,7 @@ Per data kind (the 2-D checkerboard, scored by the sliced Wasserstein distance t
 test points; the UCI digits, scored by FD, the Fréchet distance in the penultimate features of
 the project's digits classifier, `hinton_teacher_digits`, against the 1,257 training images):
 - a reference row: the metric between two real samples (the floor sampling noise allows);
-- the teacher (`diffusion_KIND:SCALE,PARAMETERIZATION`, trained once with seed 0 and shared by
+- the teacher (`diffusion_2d` or `diffusion_images` at SCALE, trained once with seed 0, shared by
   every table in WORKDIR/..) with Euler at 1 and 2 steps and Heun at 2, 4, 9 and 18 steps
   (1, 2, 3, 7, 17 and 35 network evaluations), one sampling seed per table seed;
 - each student config, trained once per seed, sampled in 1 and 2 steps.
@@ -24,6 +24,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxdistill import checkpoint, data, diffusion, train
+from jaxdistill.configs import common
 from jaxdistill.errors import DistillError
 from jaxdistill.models import classifiers
 from jaxdistill.reproduce import ConfigLoader, Experiment, Row
@@ -111,7 +112,7 @@ def train_teacher(load: ConfigLoader, scale: str, kind: str, parameterization: s
                   workdir: str) -> str:
     """The diffusion teacher of one data kind and parameterization, trained once (seed 0)
     and resumed (evaluated only) by every later table."""
-    config = load(f"diffusion_{kind}:{scale},{parameterization}")
+    config = load(common.teacher_config(scale, kind, parameterization))
     teacher_dir = _shared_dir(workdir, f"diffusion_{kind}_{parameterization}_{scale}")
     train.train_and_evaluate(config, teacher_dir, progress=False)
     return teacher_dir
