@@ -265,10 +265,6 @@ def nfe(steps: int, solver: str) -> int:
     return 2 * steps - 1 if solver == "heun" else steps
 
 
-def heun_steps_for_nfe(target_nfe: int) -> int:
-    return (target_nfe + 1) // 2
-
-
 def sliced_wasserstein(samples: np.ndarray, reference: np.ndarray, projections: int = 1024,
                        seed: int = 0) -> float:
     """Sliced 2-Wasserstein distance between two equal-size point sets (flattened per row):
