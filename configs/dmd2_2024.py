@@ -2,7 +2,8 @@
 
   jaxdistill train --config configs/dmd2_2024.py:local --workdir runs/dmd2_2d
   jaxdistill train --config configs/dmd2_2024.py:local --workdir runs/dmd2_2step_2d \\
-      --config.dmd2.generator_times='(2.5,)' --config.generation.steps=2
+      --config.dmd2.generator_times='(2.5,)' --config.generation.steps=2 \\
+      --config.generation.times='(2.5,)'
 
 ARG is `SCALE[,DATA]`: DATA `2d` (default, the checkerboard) or `digits` (a DiT on UCI digits);
 `paper` is CIFAR-10 (`paper,imagenet64`: ImageNet 64×64).

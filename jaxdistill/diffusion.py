@@ -186,9 +186,6 @@ class Flow(Parameterization):
         """Logit-normal times (Esser et al. 2024; MeanFlow's default lognorm(−0.4, 1.0))."""
         return jax.nn.sigmoid(self.p_mean + self.p_std * jax.random.normal(rng, (n,)))
 
-    def time_of_sigma(self, sigma):
-        return sigma / (1.0 + sigma)
-
     def grid(self, steps):
         return np.linspace(1.0, 0.0, steps + 1).astype(np.float32)
 
@@ -323,7 +320,13 @@ def check_sampling(param: Parameterization, sampler: str, steps: int, times=()) 
     if steps < 1:
         raise DistillError(f"config.generation.steps={steps} must be at least 1")
     if sampler == "consistency":
+        if not hasattr(param, "consistency_from_raw"):
+            raise DistillError(f"consistency sampling needs a consistency parameterization (edm or"
+                               f" trigflow), not {param.name}")
         consistency_times(param, steps, times)
+    if sampler == "meanflow" and not isinstance(param, Flow):
+        raise DistillError("meanflow sampling reads the average velocity of the linear flow; set"
+                           " config.diffusion.parameterization=flow")
 
 
 def sample(param: Parameterization, net: Net, rng: jax.Array, shape, label=None, *,
@@ -379,12 +382,21 @@ def training_labels(batch: dict, num_classes: int, dropout: float, rng: jax.Arra
     return jnp.where(jax.random.uniform(rng, label.shape) < dropout, num_classes, label)
 
 
-def finite_mean(per_example: jax.Array) -> tuple[jax.Array, jax.Array]:
-    """The mean over examples whose loss is finite, and how many were not: one diverged sample
-    (a NaN target at an extreme time) is dropped instead of poisoning the whole step."""
-    finite = jnp.isfinite(per_example)
-    total = jnp.sum(jnp.where(finite, per_example, 0.0))
-    return total / jnp.maximum(jnp.sum(finite), 1), jnp.sum(~finite)
+def guard_target(target: jax.Array, online: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """(target, ok): rows of a (stop-gradient) regression target that are not finite (a NaN
+    teacher output or tangent at an extreme time) are replaced by the online prediction itself,
+    so they contribute zero loss AND zero gradient; masking the loss alone would not keep the
+    NaN out of the backward pass (0 · NaN is NaN). `ok` marks the rows that were kept."""
+    ok = jnp.all(jnp.isfinite(jnp.reshape(target, (target.shape[0], -1))), axis=-1)
+    return jnp.where(per_example(ok, target), target, jax.lax.stop_gradient(online)), ok
+
+
+def finite_mean(values: jax.Array, ok: jax.Array | None = None) -> tuple[jax.Array, jax.Array]:
+    """The mean of per-example losses over the rows `ok` (default: the finite ones), and how
+    many rows were left out: one diverged sample is dropped instead of poisoning the step."""
+    ok = jnp.isfinite(values) if ok is None else ok & jnp.isfinite(values)
+    total = jnp.sum(jnp.where(ok, values, 0.0))
+    return total / jnp.maximum(jnp.sum(ok), 1), jnp.sum(~ok)
 
 
 def consistency_distance(online: jax.Array, target: jax.Array, metric: str,

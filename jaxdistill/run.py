@@ -190,10 +190,29 @@ def _teacher_module(config):
     return models.build(model_config), model_config, None
 
 
+# What a diffusion teacher's outputs mean: a student reading them under other settings would
+# silently get garbage velocities.
+_DIFFUSION_KEYS = ("parameterization", "sigma_data", "sigma_min", "sigma_max", "time_scale")
+
+
+def _check_teacher_diffusion(config) -> None:
+    """A generative teacher must share the student's parameterization and time embedding."""
+    if config.data.get("task") != "generation" or not config.teacher.checkpoint:
+        return
+    teacher = checkpoint.read_config(config.teacher.checkpoint).get("diffusion")
+    for key in _DIFFUSION_KEYS:
+        if teacher is not None and teacher.get(key) != config.diffusion[key]:
+            raise DistillError(
+                f"the teacher at {config.teacher.checkpoint} was trained with diffusion.{key}="
+                f"{teacher.get(key)!r} but this run sets {config.diffusion[key]!r}; set"
+                f" config.diffusion.{key}={teacher.get(key)!r} (or train a teacher with it)")
+
+
 def _load_teacher(config, mesh, dataset):
     """The teacher module and its frozen params, placed straight into the teacher layout."""
     teacher, model_config, params = _teacher_module(config)
     _check_model("teacher", model_config, dataset)
+    _check_teacher_diffusion(config)
     boxed = jax.eval_shape(functools.partial(teacher.init, train=False),
                            jax.random.key(0), *dataset.example_inputs())
     shardings = sharding.param_shardings(boxed, mesh, config.sharding.teacher, "teacher")

@@ -143,6 +143,8 @@ def test_ict_curriculum_doubles_from_s0_to_s1():
     levels = [int(ict.discretization(k, total, 10, 1280)) for k in (0, 999, 1000, 7999)]
     # K' = ⌊8000 / (log2⌊1280/10⌋ + 1)⌋ = 1000: 11 levels, then 21, … up to 1281.
     assert levels == [11, 11, 21, 1281]
+    # s1/s0 = 100 is no power of two: K' = ⌊8000 / (log2 100 + 1)⌋ = 1046, no floor on the log.
+    assert [int(ict.discretization(k, total, 10, 1000)) for k in (1045, 1046)] == [11, 21]
 
 
 def test_ict_level_distribution_is_the_discretised_lognormal():
@@ -198,27 +200,92 @@ def test_meanflow_loss_vanishes_for_the_true_average_velocity():
         assert (float(loss) < 1e-8) == expect_zero, float(loss)
 
 
+def _perturbed(params, seed, scale=0.3):
+    """Params moved off their initialisation, whose zero heads and gates would make every
+    output (and every derivative) exactly zero."""
+    leaves, tree = jax.tree.flatten(params)
+    keys = jax.random.split(jax.random.key(seed), len(leaves))
+    return jax.tree.unflatten(tree, [p + scale * jax.random.normal(k, p.shape, p.dtype)
+                                     for p, k in zip(leaves, keys)])
+
+
 def test_scm_tangent_is_the_time_derivative_along_the_trajectory():
-    """cos t·sin t·dF/dt from the scaled JVP equals a central finite difference of
-    F(x_t/σ_d, t) along x_t + h·dx_t/dt, t + h."""
+    """cos t·sin t·dF/dt from the scaled JVP equals a central finite difference of F along
+    x_t + h·dx_t/dt, t + h (float64 params), with F fed as the parameterization feeds it."""
     config = config_lib.load("scm2024:smoke")
     param = diffusion.parameterization(config.diffusion)
     module = build_module(config)
     x = _random((5, 2), 0)
-    params = module.init(jax.random.key(1), x, jnp.ones(5))
     t = jnp.linspace(0.2, 1.4, 5)
     dxdt = _random((5, 2), 2)
-    _, scaled = scm.target_and_tangent(module, params, param, x, t, dxdt, None)
-
-    def frozen(x, t):
-        return module.apply(params, x / param.sigma_data, param.time_scale * t, None,
-                            train=True)
-
     with jax.enable_x64(True):
-        h = 1e-4
+        params = _perturbed(jax.tree.map(lambda p: p.astype(jnp.float64), module.init(
+            jax.random.key(1), x, jnp.ones(5))), 3)
+        x, t, dxdt = (a.astype(jnp.float64) for a in (x, t, dxdt))
+        _, scaled = scm.target_and_tangent(module, params, param, x, t, dxdt, None)
+        net = diffusion.network(module, params, train=True)
+
+        def frozen(x, t):
+            return param.raw(net, x, t).astype(jnp.float64)
+
+        # The network's output is cast to float32, so a step much below 1e-3 differences noise.
+        h = 1e-3
         numeric = (frozen(x + h * dxdt, t + h) - frozen(x - h * dxdt, t - h)) / (2 * h)
     expected = (jnp.cos(t) * jnp.sin(t))[:, None] * numeric
-    np.testing.assert_allclose(scaled, expected, rtol=2e-2, atol=2e-3)
+    assert float(jnp.max(jnp.abs(scaled))) > 1e-2  # a live derivative, not 0 = 0
+    np.testing.assert_allclose(scaled, expected, rtol=1e-3, atol=1e-4)
+
+
+class _PolynomialVelocity(nn.Module):
+    """u(z, r, t) = z·t² + r·t, read back from the inputs the parameterization feeds."""
+
+    time_scale: float = 1.0
+
+    @nn.compact
+    def __call__(self, x, c_noise, label=None, *, train=False, interval=None):
+        t = c_noise[:, None] / self.time_scale
+        r = t - interval[:, None] / self.time_scale
+        return x * t ** 2 + r * t
+
+
+@pytest.mark.parametrize("time_scale", [1.0, 1000.0])
+def test_meanflow_derivative_moves_both_times_with_t(time_scale):
+    """du/dt along (v, 0, 1) of u = z·t² + r·t is v·t² + 2·z·t + r: the JVP must carry t
+    through both of the network's time inputs, at any time_scale."""
+    param = diffusion.parameterization(_diffusion_config("flow", time_scale=time_scale))
+    module = _PolynomialVelocity(time_scale)
+    net = diffusion.network(module, {})
+    z, v = _random((4, 2), 0), _random((4, 2), 1)
+    r, t = jnp.array([0.1, 0.2, 0.0, 0.5]), jnp.array([0.3, 0.9, 0.7, 0.5])
+    u, dudt = meanflow.velocity_derivative(param, net, z, r, t, v)
+    np.testing.assert_allclose(u, z * t[:, None] ** 2 + (r * t)[:, None], rtol=1e-5)
+    np.testing.assert_allclose(dudt, v * t[:, None] ** 2 + 2 * z * t[:, None] + r[:, None],
+                               rtol=1e-4, atol=1e-5)
+
+
+def test_a_nonfinite_target_row_costs_neither_loss_nor_gradient():
+    """A NaN in one row's stop-gradient target leaves the loss and the gradient those of the
+    other rows (masking the loss alone would still put 0·NaN = NaN in the gradient)."""
+    x = _random((4, 3), 0)
+    target = _random((4, 3), 1).at[2, 1].set(jnp.nan)
+
+    def loss(w, rows):
+        online = x[rows] * w
+        guarded, ok = diffusion.guard_target(target[rows], online)
+        return diffusion.finite_mean(jnp.sum((online - guarded) ** 2, -1), ok)[0]
+
+    value, grad = jax.value_and_grad(loss)(1.5, jnp.arange(4))
+    clean_value, clean_grad = jax.value_and_grad(loss)(1.5, jnp.array([0, 1, 3]))
+    assert np.isfinite(grad)
+    np.testing.assert_allclose([value, grad], [clean_value, clean_grad], rtol=1e-6)
+
+
+def test_a_teacher_with_other_diffusion_settings_is_refused(smoke_config, teachers):
+    config = smoke_config("scm2024")
+    config.teacher.checkpoint = teachers["trigflow"]
+    config.diffusion.time_scale = 1000.0
+    with pytest.raises(DistillError, match="diffusion.time_scale=1.0"):
+        build(config)
 
 
 def build_module(config):
@@ -234,6 +301,7 @@ def build_module(config):
     ("dmd2_2024", {"diffusion.parameterization": "flow"}, "EDM parameterization"),
     ("scm2024", {"diffusion.parameterization": "edm"}, "TrigFlow"),
     ("diffusion_2d", {"diffusion.parameterization": "vp"}, "unknown config.diffusion"),
+    ("dmd2_2024", {"student.gan_head": False}, "gan_head"),
 ])
 def test_methods_refuse_settings_they_cannot_use(name, updates, match):
     config = config_lib.load(f"{name}:smoke")
@@ -246,6 +314,9 @@ def test_methods_refuse_settings_they_cannot_use(name, updates, match):
     ({"generation.sampler": "ddim"}, "unknown sampler"),
     ({"generation.sampler": "consistency", "generation.steps": 3, "generation.times": (1.0,)},
      "needs 2 intermediate"),
+    ({"generation.sampler": "meanflow"}, "parameterization=flow"),
+    ({"generation.sampler": "consistency", "diffusion.parameterization": "flow"},
+     "consistency parameterization"),
 ])
 def test_bad_sampling_settings_fail_before_compiling(updates, match, smoke_config):
     config = smoke_config("diffusion_2d")
@@ -277,7 +348,8 @@ CLI_ROWS = [
     ("scm2024", "trigflow", ["--config.generation.steps=2"]),
     ("scm2024", None, ["--config.method=sct", "--config.student_init.from_teacher=False"]),
     ("meanflow2025", None, ["--config.generation.steps=2"]),
-    ("dmd2_2024", "edm", ["--config.dmd2.generator_times=(2.5,)", "--config.generation.steps=2"]),
+    ("dmd2_2024", "edm", ["--config.dmd2.generator_times=(2.5,)", "--config.generation.steps=2",
+                          "--config.generation.times=(2.5,)"]),
 ]
 
 

@@ -53,10 +53,11 @@ def make_loss(config, student, teacher):
                                    x_next, sigma_next, sigma, "heun")
         online = diffusion.consistency_function(
             param, diffusion.network(student, params, train=True), x_next, sigma_next, label)
-        target = jax.lax.stop_gradient(diffusion.consistency_function(
-            param, diffusion.network(student, target_params), x_hat, sigma, label))
+        target, ok = diffusion.guard_target(jax.lax.stop_gradient(
+            diffusion.consistency_function(param, diffusion.network(student, target_params),
+                                           x_hat, sigma, label)), online)
         loss, nonfinite = diffusion.finite_mean(diffusion.consistency_distance(
-            online, target, settings.metric, settings.huber_c))
+            online, target, settings.metric, settings.huber_c), ok)
         return loss, {"nonfinite": nonfinite}
 
     def init_state(params):

@@ -5,7 +5,7 @@ G(z) = f_θ(σ_max·z, σ_max). Its loss follows the distribution-matching gradi
 between a "fake" score network, trained on G's own samples, and the teacher's ("real") score at
 a noised version of G's sample,
     x = G(z),  x_t = x + σ·ε,  grad = (D_fake(x_t) − D_real(x_t)) / mean|x − D_real(x_t)|,
-    loss = ½·‖x − sg(x − grad)‖²  (+ gan_weight · softplus(−C(x_t)), the GAN term),
+    loss = ½·mean((x − sg(x − grad))²)  (+ gan_weight · softplus(−C(x_t)), the GAN term),
 so G moves where the teacher's denoiser points and away from where its own distribution's does.
 The fake score is a copy of the teacher, trained by denoising score matching on sg(G(z)); it is
 carried in the method state with its own Adam (β1 = 0, β2 = 0.99) and updated `fake_updates`
@@ -15,7 +15,8 @@ features (`config.student.gan_head`): it learns to tell noised real images from 
 generated ones (`discriminator_weight` · the logistic loss, in the fake-score updates), and
 the generator gets the non-saturating loss softplus(−C). A multi-step generator
 (`generator_times`) is also trained at inner times, on its own one-step samples re-noised
-(backward simulation).
+(backward simulation). Noise levels come from EDM's log-normal, where DMD2 draws DDPM
+timesteps uniformly in [0.02, 0.98]·T.
 """
 
 from __future__ import annotations
@@ -43,6 +44,7 @@ def make_loss(config, student, teacher):
     sample_shape = (config.batch_size, *data.spec(config.data).inputs["x"][0])
     times = jnp.asarray(np.array([param.t_max, *settings.generator_times], np.float32))
     fake_optimizer = optax.adam(settings.fake_lr, b1=0.0, b2=0.99)
+    fake_key = jax.random.key(config.seed + 1)  # the fake-score updates' own stream
 
     def generate(params, rng, n, label):
         """G's samples, each from one of the generator times (backward simulation for the
@@ -82,22 +84,23 @@ def make_loss(config, student, teacher):
         fake_denoised = param.denoise(diffusion.network(student, fake["params"]), frozen_x_t, t,
                                       label)
         scale = jnp.mean(jnp.abs(jnp.reshape(x - real, (n, -1))), axis=-1)
-        grad = jax.lax.stop_gradient(
-            (fake_denoised - real) / diffusion.per_example(jnp.maximum(scale, 1e-8), x))
-        per_example = 0.5 * jnp.sum(jnp.reshape(x - jax.lax.stop_gradient(x - grad), (n, -1)) ** 2,
-                                    axis=-1)
+        grad = (fake_denoised - real) / diffusion.per_example(jnp.maximum(scale, 1e-8), x)
+        # Mean over features, as DMD2's code reduces it: the GAN weight is relative to this.
+        target, ok = diffusion.guard_target(jax.lax.stop_gradient(x - grad), x)
+        per_example = 0.5 * jnp.mean(jnp.reshape(x - target, (n, -1)) ** 2, axis=-1)
         metrics = {"dmd_scale": jnp.mean(scale)}
         if gan:
             generator_gan = jax.nn.softplus(-logit(jax.lax.stop_gradient(fake["params"]), x_t, t,
                                                    label))
             per_example += settings.gan_weight * generator_gan
             metrics["gan_generator"] = jnp.mean(generator_gan)
-        loss, metrics["nonfinite"] = diffusion.finite_mean(per_example)
+        loss, metrics["nonfinite"] = diffusion.finite_mean(per_example, ok)
         return loss, metrics
 
     def fake_loss(fake_params, generator_params, rng, batch):
         """Denoising score matching on G's samples (+ the discriminator's logistic loss)."""
-        gen_rng, time_rng, noise_rng, label_rng, real_rng = jax.random.split(rng, 5)
+        gen_rng, time_rng, noise_rng, label_rng, real_time_rng, real_noise_rng = (
+            jax.random.split(rng, 6))
         n = sample_shape[0]
         label = labels(label_rng, n)
         x0 = jax.lax.stop_gradient(generate(generator_params, gen_rng, n, label))
@@ -109,8 +112,8 @@ def make_loss(config, student, teacher):
         if gan:
             real = batch["x"]
             real_label = batch.get("label") if num_classes else None
-            real_t = param.sample_time(real_rng, real.shape[0])
-            real_x_t = param.noisy(real, jax.random.normal(real_rng, real.shape), real_t)
+            real_t = param.sample_time(real_time_rng, real.shape[0])
+            real_x_t = param.noisy(real, jax.random.normal(real_noise_rng, real.shape), real_t)
             discriminator = (jnp.mean(jax.nn.softplus(-logit(fake_params, real_x_t, real_t,
                                                              real_label)))
                              + jnp.mean(jax.nn.softplus(logit(fake_params, x_t, t, label))))
@@ -125,7 +128,7 @@ def make_loss(config, student, teacher):
         del loss, metrics
 
         def fake_update(fake, index):
-            rng = jax.random.fold_in(jax.random.key(config.seed + 1), step * 1000 + index)
+            rng = jax.random.fold_in(jax.random.fold_in(fake_key, step), index)
             grads = jax.grad(fake_loss)(fake["params"], params, rng, batch)
             updates, opt_state = fake_optimizer.update(grads, fake["opt_state"], fake["params"])
             return {"params": optax.apply_updates(fake["params"], updates),

@@ -24,8 +24,8 @@ from jaxdistill.methods.cd import edm_parameterization
 
 def discretization(step, total_steps: int, start: int, end: int):
     """N(k): the number of noise levels at step k, doubling from s0 + 1 to s1 + 1."""
-    stages = math.floor(math.log2(end // start)) + 1
-    per_stage = max(total_steps // stages, 1)
+    stages = math.log2(end // start) + 1
+    per_stage = max(math.floor(total_steps / stages), 1)
     return jnp.minimum(start * 2 ** (step // per_stage), end) + 1
 
 
@@ -67,11 +67,11 @@ def make_loss(config, student, teacher):
         net = diffusion.network(student, params, train=True)
         online = diffusion.consistency_function(param, net, param.noisy(x0, noise, sigma_next),
                                                 sigma_next, label)
-        target = jax.lax.stop_gradient(diffusion.consistency_function(
-            param, net, param.noisy(x0, noise, sigma), sigma, label))
+        target, ok = diffusion.guard_target(jax.lax.stop_gradient(diffusion.consistency_function(
+            param, net, param.noisy(x0, noise, sigma), sigma, label)), online)
         distance = diffusion.consistency_distance(online, target, settings.metric,
                                                   settings.huber_c)
-        loss, nonfinite = diffusion.finite_mean(distance / (sigma_next - sigma))
+        loss, nonfinite = diffusion.finite_mean(distance / (sigma_next - sigma), ok)
         return loss, {"nonfinite": nonfinite, "discretization": num_levels}
 
     return loss_fn

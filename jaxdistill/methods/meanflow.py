@@ -28,6 +28,13 @@ def time_pairs(param: diffusion.Parameterization, rng, n: int, ratio: float):
     return jnp.where(jax.random.uniform(pick, (n,)) < ratio, r, t), t
 
 
+def velocity_derivative(param: diffusion.Parameterization, net, z, r, t, v, label=None):
+    """(u(z, r, t), du/dt along the flow): one `jax.jvp` through the network along (v, 0, 1),
+    with the inputs the parameterization feeds it (both of its times move with t)."""
+    return jax.jvp(lambda z, r, t: diffusion.average_velocity(param, net, z, r, t, label),
+                   (z, r, t), (v, jnp.zeros_like(r), jnp.ones_like(t)))
+
+
 @register("meanflow", needs_teacher=False)
 def make_loss(config, student, teacher):
     del teacher
@@ -38,7 +45,6 @@ def make_loss(config, student, teacher):
                            " config.student.interval_conditioning=True")
     settings = config.meanflow
     num_classes = config.student.get("num_classes", 0)
-    scale = param.time_scale
     per_example = diffusion.per_example
 
     def loss_fn(params, teacher_params, batch, rng, step):
@@ -51,19 +57,16 @@ def make_loss(config, student, teacher):
         z = param.noisy(x0, noise, t)
         v = noise - x0
 
-        def u(params, z, c_noise, interval):
-            return student.apply(params, z, c_noise, label, train=True,
-                                 interval=interval).astype(jnp.float32)
-
-        ones = jnp.ones_like(t)
-        _, dudt = jax.jvp(lambda z, c, i: u(jax.lax.stop_gradient(params), z, c, i),
-                          (z, scale * t, scale * (t - r)), (v, scale * ones, scale * ones))
-        target = jax.lax.stop_gradient(v - per_example(t - r, z) * dudt)
-        error = jnp.sum(jnp.reshape(u(params, z, scale * t, scale * (t - r)) - target,
-                                    (z.shape[0], -1)) ** 2, axis=-1)
+        frozen = diffusion.network(student, jax.lax.stop_gradient(params), train=True)
+        _, dudt = velocity_derivative(param, frozen, z, r, t, v, label)
+        u = diffusion.average_velocity(param, diffusion.network(student, params, train=True),
+                                       z, r, t, label)
+        target, ok = diffusion.guard_target(
+            jax.lax.stop_gradient(v - per_example(t - r, z) * dudt), u)
+        error = jnp.sum(jnp.reshape(u - target, (z.shape[0], -1)) ** 2, axis=-1)
         weight = jax.lax.stop_gradient(
             1.0 / (error + settings.adaptive_c) ** settings.adaptive_p)
-        loss, nonfinite = diffusion.finite_mean(weight * error)
+        loss, nonfinite = diffusion.finite_mean(weight * error, ok)
         return loss, {"nonfinite": nonfinite, "squared_error": jnp.mean(error)}
 
     return loss_fn

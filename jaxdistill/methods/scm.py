@@ -36,16 +36,13 @@ def trigflow_parameterization(config, method: str) -> diffusion.TrigFlow:
 
 
 def target_and_tangent(student, frozen_params, param, x_t, t, dxdt, label):
-    """(F_θ⁻, cos t·sin t·dF_θ⁻/dt) in one `jax.jvp` through the network."""
-    sd = param.sigma_data
+    """(F_θ⁻, cos t·sin t·dF_θ⁻/dt) in one `jax.jvp` through the network, with the inputs the
+    parameterization feeds it (x_t/σ_d, time_scale·t): the tangent of (x_t, t) is cos t·sin t
+    times (dx_t/dt, 1)."""
     scale = jnp.cos(t) * jnp.sin(t)
-
-    def frozen(x_in, c_noise):
-        return student.apply(frozen_params, x_in, c_noise, label, train=True).astype(jnp.float32)
-
-    return jax.jvp(frozen, (x_t / sd, param.time_scale * t),
-                   (diffusion.per_example(scale, x_t) * dxdt / sd,
-                    param.time_scale * scale))
+    net = diffusion.network(student, frozen_params, train=True)
+    return jax.jvp(lambda x, t: param.raw(net, x, t, label), (x_t, t),
+                   (diffusion.per_example(scale, x_t) * dxdt, scale))
 
 
 def make(config, student, teacher, *, distill: bool):
@@ -75,10 +72,11 @@ def make(config, student, teacher, *, distill: bool):
         g = -cos ** 2 * (sd * f_frozen - dxdt) - warmup * (cos * sin * x_t + sd * scaled_tangent)
         g_norm = jnp.sqrt(jnp.sum(jnp.reshape(g, (g.shape[0], -1)) ** 2, axis=-1))
         g = jax.lax.stop_gradient(g / per_example(g_norm + settings.tangent_c, g))
-        raw = student.apply(params, x_t / sd, param.time_scale * t, label, train=True)
-        log_weight = student.apply(params, param.time_scale * t, method="log_weight")
-        error = jnp.mean(jnp.reshape(raw - f_frozen - g, (g.shape[0], -1)) ** 2, axis=-1)
-        loss, nonfinite = diffusion.finite_mean(jnp.exp(log_weight) * error - log_weight)
+        raw = param.raw(diffusion.network(student, params, train=True), x_t, t, label)
+        target, ok = diffusion.guard_target(f_frozen + g, raw)
+        log_weight = student.apply(params, param.network_inputs(x_t, t)[1], method="log_weight")
+        error = jnp.mean(jnp.reshape(raw - target, (g.shape[0], -1)) ** 2, axis=-1)
+        loss, nonfinite = diffusion.finite_mean(jnp.exp(log_weight) * error - log_weight, ok)
         return loss, {"nonfinite": nonfinite, "tangent_norm": jnp.mean(g_norm),
                       "tangent_warmup": warmup}
 

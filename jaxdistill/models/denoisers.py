@@ -180,9 +180,10 @@ class DenoiserMLP(Denoiser):
         return self.finish(h, cond, x.shape, with_logit)
 
 
-def sincos_positions(grid: int, dim: int) -> jnp.ndarray:
-    """DiT's fixed 2-D sin-cos position embeddings of a grid × grid patch layout: [grid², dim]."""
-    rows, cols = jnp.meshgrid(jnp.arange(grid), jnp.arange(grid), indexing="ij")
+def sincos_positions(grid_rows: int, grid_cols: int, dim: int) -> jnp.ndarray:
+    """DiT's fixed 2-D sin-cos position embeddings of a rows × cols patch layout: [rows·cols,
+    dim]."""
+    rows, cols = jnp.meshgrid(jnp.arange(grid_rows), jnp.arange(grid_cols), indexing="ij")
     half = dim // 2
     return jnp.concatenate([positional_embedding(rows.reshape(-1).astype(jnp.float32), half),
                             positional_embedding(cols.reshape(-1).astype(jnp.float32), half)], -1)
@@ -263,13 +264,13 @@ class DiT(Denoiser):
                  with_logit: bool = False):
         del train  # no dropout: consistency pairs must see the same network
         cond = self.condition(c_noise, label, interval)
-        _, height, _, channels = x.shape
+        _, rows, cols, channels = x.shape
         p = self.patch
         patches = einops.rearrange(x, "b (h p) (w q) c -> b (h w) (p q c)", p=p, q=p)
-        h = self.embed_patches(patches) + sincos_positions(height // p, self.width)
+        h = self.embed_patches(patches) + sincos_positions(rows // p, cols // p, self.width)
         for block in self.blocks:
             h = block(h, cond)
         out = self.finish(h, cond, patches.shape, with_logit)
         image = functools.partial(einops.rearrange, pattern="b (h w) (p q c) -> b (h p) (w q) c",
-                                  h=height // p, p=p, q=p, c=channels)
+                                  h=rows // p, p=p, q=p, c=channels)
         return (image(out[0]), out[1]) if with_logit else image(out)
