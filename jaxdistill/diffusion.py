@@ -419,13 +419,16 @@ def consistency_function(param: Parameterization, net: Net, x, t, label=None) ->
 
 def frechet_distance(features: np.ndarray, reference: np.ndarray) -> float:
     """Fréchet distance between Gaussians fitted to two feature sets (FID's formula):
-    ‖μ₁ − μ₂‖² + Tr(Σ₁ + Σ₂ − 2(Σ₁Σ₂)^½), in float64."""
-    import scipy.linalg
+    ‖μ₁ − μ₂‖² + Tr(Σ₁ + Σ₂ − 2(Σ₁Σ₂)^½), in float64.
 
+    Tr((Σ₁Σ₂)^½) is computed as Σ √eig(Σ₁^½ Σ₂ Σ₁^½), a symmetric PSD matrix with the same
+    spectrum, so singular covariances (ReLU features that never fire, fewer samples than
+    dimensions) give an exact answer where a general matrix square root is ill-conditioned."""
     features = np.asarray(features, np.float64)
     reference = np.asarray(reference, np.float64)
     mean_gap = np.sum((features.mean(0) - reference.mean(0)) ** 2)
     cov_a, cov_b = np.cov(features, rowvar=False), np.cov(reference, rowvar=False)
-    root = scipy.linalg.sqrtm(cov_a @ cov_b)
-    root = root.real if np.iscomplexobj(root) else root
-    return float(mean_gap + np.trace(cov_a) + np.trace(cov_b) - 2.0 * np.trace(root))
+    values, vectors = np.linalg.eigh(cov_a)
+    root_a = (vectors * np.sqrt(np.clip(values, 0, None))) @ vectors.T
+    trace_root = np.sum(np.sqrt(np.clip(np.linalg.eigvalsh(root_a @ cov_b @ root_a), 0, None)))
+    return float(mean_gap + np.trace(cov_a) + np.trace(cov_b) - 2.0 * trace_root)
