@@ -190,7 +190,7 @@ def _kind_rows(kind: str, scale: str, workdir: str, seeds: int, load: ConfigLoad
             f"{prefix}: teacher ({parameterization}), {sampler} NFE={nfe}", [teacher_dir] * seeds,
             scorer, sampler, steps, workdir))
     for student in students:
-        run_dirs = []
+        run_dirs, resumed = [], 0
         for seed in range(seeds):
             config = load(f"{student.config}:{scale},{kind}")
             config.update_from_flattened_dict(student.overrides)
@@ -198,12 +198,16 @@ def _kind_rows(kind: str, scale: str, workdir: str, seeds: int, load: ConfigLoad
             if config.teacher.config:
                 config.teacher.checkpoint = teacher_dir
             run_dir = os.path.join(workdir, f"{kind}_{_slug(student.label)}_seed{seed}")
+            resumed += os.path.isdir(os.path.join(run_dir, "checkpoints"))
             train.train_and_evaluate(config, run_dir, progress=False)
             run_dirs.append(run_dir)
         sampler = checkpoint.read_config(run_dirs[0]).generation.sampler
+        # A run found in WORKDIR is resumed where it stopped (not retrained): say so, since this
+        # table's wall time then leaves out its training.
+        note = f"{resumed} of {seeds} runs resumed from an earlier invocation" if resumed else ""
         for steps in STUDENT_STEPS:
             rows.append(_sampled_row(f"{prefix}: {student.label}, {steps} step{'s' * (steps > 1)}",
-                                     run_dirs, scorer, sampler, steps, workdir))
+                                     run_dirs, scorer, sampler, steps, workdir, note))
     return rows
 
 
