@@ -151,9 +151,12 @@ def save_png(samples: np.ndarray, path: str, title: str) -> str:
     else:
         count = _DIGIT_GRID ** 2
         tiles = np.clip(np.nan_to_num(samples[:count, ..., 0]), -1, 1)
+        # A blank (−1) gutter around each tile, or neighbouring digits run into each other.
+        tiles = np.pad(tiles, ((0, 0), (1, 1), (1, 1)), constant_values=-1.0)
         size = tiles.shape[1]
         grid = tiles.reshape(_DIGIT_GRID, _DIGIT_GRID, size, size).transpose(0, 2, 1, 3)
-        axes.imshow(grid.reshape(_DIGIT_GRID * size, _DIGIT_GRID * size), cmap="gray_r")
+        axes.imshow(grid.reshape(_DIGIT_GRID * size, _DIGIT_GRID * size), cmap="gray_r",
+                    vmin=-1, vmax=1)
         axes.axis("off")
     axes.set_title(title, fontsize=8)
     figure.savefig(path, bbox_inches="tight")
