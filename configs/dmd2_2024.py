@@ -35,5 +35,5 @@ def get_config(arg=None):
                              "schedule": "constant"})
     config.generation.update({"sampler": "consistency", "steps": 1})
     if scale == "local":
-        config.total_steps = {"2d": 3000, "digits": 1500}[kind]
+        config.total_steps = {"2d": 2000, "digits": 1000}[kind]
     return config
