@@ -40,7 +40,7 @@ GENERATIVE_DATA = {
            "model": {"model": "denoiser_mlp", "width": 128, "depth": 3}},
     # UCI digits (8×8, [-1, 1]): a class-conditional DiT on 2×2 patches (16 tokens).
     "digits": {"data": "sklearn_digits", "sigma_data": 0.5, "batch_size": 64,
-               "eval_batch_size": 180,
+               "eval_batch_size": 64,
                "model": {"model": "dit", "width": 64, "depth": 3, "heads": 4, "patch": 2,
                          "num_classes": 10}},
 }
