@@ -18,12 +18,7 @@ D=64) and flash jvp ÷ flash forward time (the recurrence does about 3× a forwa
 from __future__ import annotations
 
 import argparse
-import datetime
 import functools
-import os
-import shlex
-import sys
-import time
 
 import jax
 import jax.numpy as jnp
@@ -84,8 +79,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--out", default=None, help="append the report to this file")
     args = parser.parse_args()
-    started, load_at_start = time.perf_counter(), os.getloadavg()[0]
-    device = jax.devices()[0]
+    section = report.Section("Flash attention JVP vs jax.jvp of naive attention")
     header = ["| S | naive forward | naive jvp | flash forward | flash jvp | temp: naive jvp ÷"
               " flash jvp | time: flash jvp ÷ flash fwd | time: naive jvp ÷ naive fwd |"
               " time: naive jvp ÷ flash jvp |",
@@ -93,12 +87,7 @@ def main() -> None:
     print(*header, sep="\n")
     rows = [row(seq, args) for seq in args.seq]
     lines = [
-        f"## Flash attention JVP vs jax.jvp of naive attention, {device.platform.upper()}"
-        f" ({datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC)", "",
-        f"- command: `{shlex.join(['python', *sys.argv])}`",
-        report.machine(f"device {device.device_kind}"),
-        f"- wall time of the whole script: {time.perf_counter() - started:.0f} s",
-        f"- load average (1 min) at start / end: {load_at_start:.1f} / {os.getloadavg()[0]:.1f}",
+        *section.lines(),
         f"- method: B={args.batch}, H={args.heads}, D={args.head_dim}, {args.dtype},"
         f" causal={args.causal}, flash implementation={args.implementation!r}; each cell is"
         " XLA's memory analysis of the compiled program (temporaries) / median of"

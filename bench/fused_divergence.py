@@ -20,10 +20,7 @@ the repeats after one warm-up call, all in the same run, with the ratio to unfus
 from __future__ import annotations
 
 import argparse
-import datetime
 import functools
-import os
-import shlex
 import statistics
 import sys
 import time
@@ -158,17 +155,11 @@ def main() -> None:
                         help="GPU/TPU only: a Pallas row per block_tokens:block_vocab pair")
     parser.add_argument("--out", default=None, help="append the report to this file")
     args = parser.parse_args()
-    started, load_at_start = time.perf_counter(), os.getloadavg()[0]
-    device = jax.devices()[0]
+    section = report.Section("Fused linear divergence vs materialized logits")
     rows = table(args)
     lines = [
-        f"## Fused linear divergence vs materialized logits, {device.platform.upper()}"
-        f" ({datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC)", "",
-        f"- command: `{shlex.join(['python', *sys.argv])}`",
-        report.machine(f"device {device.device_kind}"),
-        f"- wall time of the whole script: {time.perf_counter() - started:.0f} s",
-        f"- load average (1 min) at start / end: {load_at_start:.1f} / {os.getloadavg()[0]:.1f}"
-        " (other jobs on the machine slow both rows of a case alike only roughly)",
+        *section.lines(" (other jobs on the machine slow both rows of a case alike only"
+                       " roughly)"),
         f"- method: compiled `jax.value_and_grad` in the student's hidden states and head, width"
         f" {args.width}, {args.dtype} inputs; temporaries from XLA's memory analysis; ms = median"
         f" of {args.repeats} calls after a warm-up; ratios against the unfused row of the same"

@@ -16,11 +16,7 @@ step differentiates) is measured with `attention="flash"` (the default:
 from __future__ import annotations
 
 import argparse
-import datetime
-import os
-import shlex
 import sys
-import time
 
 import jax
 import jax.numpy as jnp
@@ -85,21 +81,14 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--out", default=None, help="append the report to this file")
     args = parser.parse_args()
-    started, load_at_start = time.perf_counter(), os.getloadavg()[0]
-    device = jax.devices()[0]
+    section = report.Section("JVP-trained DiT step (sCT, MeanFlow): flash vs naive attention")
     header = ["| method | image | tokens S | naive attention | flash attention |"
               " temp: naive ÷ flash | time: naive ÷ flash |",
               "| --- | --- | ---: | ---: | ---: | ---: | ---: |"]
     print(*header, sep="\n")
     rows = [row(method, image, args) for method in args.methods for image in args.image]
-    now = datetime.datetime.now(datetime.timezone.utc)
     lines = [
-        f"## JVP-trained DiT step (sCT, MeanFlow): flash vs naive attention,"
-        f" {device.platform.upper()} ({now:%Y-%m-%d %H:%M} UTC)", "",
-        f"- command: `{shlex.join(['python', *sys.argv])}`",
-        report.machine(f"device {device.device_kind}"),
-        f"- wall time of the whole script: {time.perf_counter() - started:.0f} s",
-        f"- load average (1 min) at start / end: {load_at_start:.1f} / {os.getloadavg()[0]:.1f}",
+        *section.lines(),
         f"- method: DiT width {args.width}, depth {args.depth}, {args.heads} heads, patch"
         f" {args.patch}, batch {args.batch}, float32; each cell is XLA's memory analysis of the"
         " compiled value-and-grad of the method's loss (temporaries) / median of"
