@@ -100,8 +100,8 @@ def _reproduce(argv: list[str]) -> None:
     args = parser.parse_args(argv)
     if args.list or not args.name:
         for name, experiment in reproduce.EXPERIMENTS.items():
-summary = experiment.description.split("\n\n")[0]  # the table's own paragraph
-print(f"{name:<16} {summary}")
+            summary = experiment.description.split("\n\n")[0]  # the table's own paragraph
+            print(f"{name:<16} {summary}")
         return
     reproduce.run(args.name, scale=args.scale, out=args.out, workdir=args.workdir,
                   seeds=args.seeds, data_dir=args.data_dir)
