@@ -18,15 +18,8 @@ from jaxdistill.configs import common
 
 
 def get_config(arg=None):
-    scale, kind = common.generative_arg(arg)
-    config = common.generative_base(scale, kind, "edm")
-    config.method = "cd"
-    config.teacher.config = common.teacher_config(scale, kind, "edm")
-    config.student_init.from_teacher = True
+    config = common.step_config(arg, "cd", "edm", {"2d": 6000, "digits": 2000}, teacher=True)
     config.consistency.update({"discretization": 18, "target_ema": 0.95, "metric": "l2"})
-    config.ema_decay = 0.999
     config.optimizer.update({"lr": 2e-4, "warmup_steps": 0, "schedule": "constant"})
     config.generation.update({"sampler": "consistency", "steps": 1})
-    if scale == "local":
-        config.total_steps = {"2d": 6000, "digits": 2000}[kind]
     return config

@@ -86,6 +86,23 @@ def teacher_config(scale: str, kind: str, parameterization: str) -> str:
     return f"diffusion_images:{scale},{parameterization},{kind}"
 
 
+def step_config(arg: str | None, method: str, parameterization: str,
+                local_steps: dict[str, int], *, teacher: bool = False) -> ml_collections.ConfigDict:
+    """The start every step-distillation paper config shares: `generative_base` at ARG's scale
+    and data, `method`, the local run length per data kind, and with `teacher` a diffusion
+    teacher of the same parameterization (trained first when teacher.checkpoint is empty)
+    that the student starts as a copy of."""
+    scale, kind = generative_arg(arg)
+    config = generative_base(scale, kind, parameterization)
+    config.method = method
+    if teacher:
+        config.teacher.config = teacher_config(scale, kind, parameterization)
+        config.student_init.from_teacher = True
+    if scale == "local":
+        config.total_steps = local_steps[kind]
+    return config
+
+
 def generative_base(scale: str, kind: str, parameterization: str) -> ml_collections.ConfigDict:
     """Data, denoiser, noise, run length and evaluation shared by every generative config."""
     from jaxdistill import config as config_lib
@@ -103,6 +120,7 @@ def generative_base(scale: str, kind: str, parameterization: str) -> ml_collecti
     config.batch_size = setting["batch_size"]
     config.eval_batch_size = setting["eval_batch_size"]
     config.eval_splits = (setting.get("eval_split", "validation"),)
+    config.ema_decay = 0.999  # generative runs are evaluated (and distilled from) by their EMA
     config.optimizer.update({"name": "adamw", "lr": 1e-3 if kind == "2d" else 5e-4,
                              "warmup_steps": 200})
     config.total_steps = {"smoke": 20, "local": LOCAL_STEPS.get(kind), "paper": 400_000}[scale]

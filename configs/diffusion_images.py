@@ -23,5 +23,4 @@ def get_config(arg=None):
     config = common.generative_base(scale, kind, parameterization or "edm")
     config.method = "diffusion"
     config.diffusion.label_dropout = 0.1
-    config.ema_decay = 0.999
     return config

@@ -20,20 +20,13 @@ from jaxdistill.configs import common
 
 
 def get_config(arg=None):
-    scale, kind = common.generative_arg(arg)
-    config = common.generative_base(scale, kind, "edm")
-    config.method = "dmd2"
-    config.teacher.config = common.teacher_config(scale, kind, "edm")
-    config.student_init.from_teacher = True
+    config = common.step_config(arg, "dmd2", "edm", {"2d": 2000, "digits": 1000}, teacher=True)
     # The GAN head: generator weight 3e-3 and discriminator weight 1e-2, the paper's ImageNet
     # values (`--config.dmd2.gan_weight=0` for the ablation without it).
     config.student.gan_head = True
     config.dmd2.update({"fake_updates": 5, "fake_lr": 2e-4, "guidance": 1.0, "gan_weight": 3e-3,
                         "discriminator_weight": 1e-2})
-    config.ema_decay = 0.999
     config.optimizer.update({"lr": 2e-4, "b1": 0.0, "b2": 0.99, "warmup_steps": 0,
                              "schedule": "constant"})
     config.generation.update({"sampler": "consistency", "steps": 1})
-    if scale == "local":
-        config.total_steps = {"2d": 2000, "digits": 1000}[kind]
     return config

@@ -17,15 +17,10 @@ from jaxdistill.configs import common
 
 
 def get_config(arg=None):
-    scale, kind = common.generative_arg(arg)
-    config = common.generative_base(scale, kind, "edm")
-    config.method = "ict"
+    config = common.step_config(arg, "ict", "edm", {"2d": 8000, "digits": 4000})
     config.diffusion.update({"p_mean": -1.1, "p_std": 2.0})
     config.consistency.update({"metric": "pseudo_huber", "curriculum_start": 10,
                                "curriculum_end": 1280})
-    config.ema_decay = 0.999
     config.optimizer.update({"lr": 1e-3, "warmup_steps": 0, "schedule": "constant"})
     config.generation.update({"sampler": "consistency", "steps": 1})
-    if scale == "local":
-        config.total_steps = {"2d": 8000, "digits": 4000}[kind]
     return config

@@ -15,14 +15,9 @@ from jaxdistill.configs import common
 
 
 def get_config(arg=None):
-    scale, kind = common.generative_arg(arg)
-    config = common.generative_base(scale, kind, "flow")
-    config.method = "meanflow"
+    config = common.step_config(arg, "meanflow", "flow", {"2d": 8000, "digits": 4000})
     config.student.interval_conditioning = True
     config.meanflow.update({"ratio": 0.25, "adaptive_p": 1.0, "adaptive_c": 1e-3})
-    config.ema_decay = 0.999
     config.optimizer.update({"lr": 1e-3, "warmup_steps": 200})
     config.generation.update({"sampler": "meanflow", "steps": 1})
-    if scale == "local":
-        config.total_steps = {"2d": 8000, "digits": 4000}[kind]
     return config

@@ -20,18 +20,13 @@ from jaxdistill.configs import common
 
 
 def get_config(arg=None):
-    scale, kind = common.generative_arg(arg)
-    config = common.generative_base(scale, kind, "trigflow")
-    config.method = "scm"
-    config.teacher.config = common.teacher_config(scale, kind, "trigflow")
+    config = common.step_config(arg, "scm", "trigflow", {"2d": 6000, "digits": 2000},
+                                teacher=True)
     config.student.adaptive_weight = True
-    config.student_init.from_teacher = True
-    config.consistency.update({"tangent_warmup_steps": 1000 if scale != "smoke" else 5,
+    smoke = common.generative_arg(arg)[0] == "smoke"
+    config.consistency.update({"tangent_warmup_steps": 5 if smoke else 1000,
                                "tangent_c": 0.1})
-    config.ema_decay = 0.999
     config.optimizer.update({"lr": 2e-4, "b2": 0.99, "warmup_steps": 0,
                              "schedule": "constant"})
     config.generation.update({"sampler": "consistency", "steps": 1, "times": (1.1,)})
-    if scale == "local":
-        config.total_steps = {"2d": 6000, "digits": 2000}[kind]
     return config
