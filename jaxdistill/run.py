@@ -200,8 +200,10 @@ def _check_teacher_diffusion(config) -> None:
     if config.data.get("task") != "generation" or not config.teacher.checkpoint:
         return
     teacher = checkpoint.read_config(config.teacher.checkpoint).get("diffusion")
+    if teacher is None:
+        return
     for key in _DIFFUSION_KEYS:
-        if teacher is not None and teacher.get(key) != config.diffusion[key]:
+        if teacher.get(key) != config.diffusion[key]:
             raise DistillError(
                 f"the teacher at {config.teacher.checkpoint} was trained with diffusion.{key}="
                 f"{teacher.get(key)!r} but this run sets {config.diffusion[key]!r}; set"
@@ -256,14 +258,13 @@ def _copy_teacher(params, teacher_params):
         for path, value in traverse_util.flatten_dict(params).items()})
 
 
-def _check_copy_teacher(config, teacher, example_inputs, student, teacher_params) -> None:
+def _check_copy_teacher(config, teacher, student_abstract, teacher_params) -> None:
     """config.student_init.from_teacher needs a teacher whose every weight the student has,
     with the same shape."""
     if teacher is None:
         raise DistillError(f"config.student_init.from_teacher needs a teacher, and method"
                            f" {config.method!r} has none; set it to False")
-    student_shapes = traverse_util.flatten_dict(jax.eval_shape(lambda: nn.unbox(
-        student.init(jax.random.key(0), *example_inputs, train=False))))
+    student_shapes = traverse_util.flatten_dict(student_abstract)
     for path, weight in traverse_util.flatten_dict(teacher_params).items():
         have = student_shapes.get(path)
         if have is None or have.shape != weight.shape:
@@ -306,16 +307,16 @@ def build(config: ml_collections.ConfigDict, *,
                                 snapshot=method.self_teacher,
                                 method_state=loss.init_state(params))
 
-    if config.student_init.from_teacher:
-        _check_copy_teacher(config, teacher, example_inputs, student, teacher_params)
     if teacher_layers and teacher is None:
         raise DistillError(f"config.student_init.teacher_layers needs a teacher, and method"
                            f" {config.method!r} has none; set teacher_layers=()")
+    if teacher_layers or config.student_init.from_teacher:
+        student_abstract = jax.eval_shape(lambda: nn.unbox(
+            student.init(jax.random.key(0), *example_inputs, train=False)))
+    if config.student_init.from_teacher:
+        _check_copy_teacher(config, teacher, student_abstract, teacher_params)
     if teacher_layers:
-        _check_init_from_teacher(
-            jax.eval_shape(lambda: nn.unbox(student.init(jax.random.key(0), *example_inputs,
-                                                         train=False))),
-            teacher_params, teacher_layers)
+        _check_init_from_teacher(student_abstract, teacher_params, teacher_layers)
     boxed_state = jax.eval_shape(functools.partial(init_state, boxed=True), jax.random.key(0),
                                  teacher_params)
     state_shardings = sharding.param_shardings(boxed_state, mesh, config.sharding.student,
