@@ -336,6 +336,7 @@ def sample(param: Parameterization, net: Net, rng: jax.Array, shape, label=None,
     - `consistency`: multistep consistency sampling (Song et al. 2023, Alg. 1): denoise in one
       jump, re-noise to the next time, jump again;
     - `meanflow`: x_r = x_t − (t − r)·u(x_t, r, t) with the average velocity u (Geng et al.)."""
+    check_sampling(param, sampler, steps, times)
     noise_rng, rng = jax.random.split(rng)
     x = param.prior(noise_rng, shape)
     if sampler in ("euler", "heun"):
@@ -351,14 +352,12 @@ def sample(param: Parameterization, net: Net, rng: jax.Array, shape, label=None,
                                 t)
             denoised = consistency_function(param, net, x, t, label)
         return denoised
-    if sampler == "meanflow":
-        grid = param.grid(steps)
-        for t, r in zip(grid[:-1], grid[1:]):
-            t, r = jnp.full(batch, t), jnp.full(batch, r)
-            u = average_velocity(param, net, x, r, t, label)
-            x = x - per_example(t - r, x) * u
-        return x
-    raise DistillError(f"unknown sampler {sampler!r}; choose one of {', '.join(SAMPLERS)}")
+    grid = param.grid(steps)  # meanflow
+    for t, r in zip(grid[:-1], grid[1:]):
+        t, r = jnp.full(batch, t), jnp.full(batch, r)
+        u = average_velocity(param, net, x, r, t, label)
+        x = x - per_example(t - r, x) * u
+    return x
 
 
 def average_velocity(param: Parameterization, net: Net, x, r, t, label=None) -> jax.Array:
