@@ -54,6 +54,37 @@ class Scorer:
     score: object                    # samples -> float
     floor: float                     # the metric between two real samples
     floor_note: str
+    # Each run is loaded once and each (run, sampler, steps) compiled once, whatever the seed:
+    # a teacher is drawn from at six samplers × every seed.
+    _models: dict = dataclasses.field(default_factory=dict, repr=False, compare=False)
+    _samplers: dict = dataclasses.field(default_factory=dict, repr=False, compare=False)
+
+    def draw(self, run_dir: str, sampler: str, steps: int, seed: int) -> np.ndarray:
+        """As many samples as the reference holds, from the run's (EMA) model."""
+        if run_dir not in self._models:
+            self._models[run_dir] = (checkpoint.read_config(run_dir),
+                                     *checkpoint.load_model(run_dir))
+        config, module, params = self._models[run_dir]
+        key = (run_dir, sampler, steps)
+        if key not in self._samplers:
+            self._samplers[key] = self._sampler(config, module, sampler, steps)
+        sample, labels = self._samplers[key]
+        return np.asarray(sample(params, jax.random.key(1000 + seed), labels))
+
+    def _sampler(self, config, module, sampler: str, steps: int):
+        """A jitted `sample(params, rng, labels)` and the labels to call it with."""
+        param = diffusion.parameterization(config.diffusion)
+        num_classes = config.student.get("num_classes", 0) or 0
+        labels = None if self.labels is None or not num_classes else jnp.asarray(self.labels)
+
+        @jax.jit
+        def sample(params, rng, labels):
+            net = diffusion.network(module, params, config.generation.guidance, num_classes)
+            return diffusion.sample(param, net, rng, self.reference.shape, labels,
+                                    sampler=sampler, steps=steps,
+                                    times=tuple(config.generation.times))
+
+        return sample, labels
 
 
 def _split(config, split: str) -> dict:
@@ -118,23 +149,6 @@ def train_teacher(load: ConfigLoader, scale: str, kind: str, parameterization: s
     return teacher_dir
 
 
-def draw(run_dir: str, scorer: Scorer, sampler: str, steps: int, seed: int) -> np.ndarray:
-    """As many samples as the reference holds, from the run's (EMA) model."""
-    config = checkpoint.read_config(run_dir)
-    module, params = checkpoint.load_model(run_dir)
-    param = diffusion.parameterization(config.diffusion)
-    num_classes = config.student.get("num_classes", 0) or 0
-    labels = None if scorer.labels is None or not num_classes else jnp.asarray(scorer.labels)
-
-    @jax.jit
-    def sample(params, rng):
-        net = diffusion.network(module, params, config.generation.guidance, num_classes)
-        return diffusion.sample(param, net, rng, scorer.reference.shape, labels, sampler=sampler,
-                                steps=steps, times=tuple(config.generation.times))
-
-    return np.asarray(sample(params, jax.random.key(1000 + seed)))
-
-
 def save_png(samples: np.ndarray, path: str, title: str) -> str:
     """A scatter plot (2-D points) or a grid of the first 64 images, as PNG."""
     import matplotlib
@@ -178,7 +192,7 @@ def _sampled_row(setting: str, run_dirs: list[str], scorer: Scorer, sampler: str
                  workdir: str, note: str = "") -> Row:
     values, image = [], None
     for seed, run_dir in enumerate(run_dirs):
-        samples = draw(run_dir, scorer, sampler, steps, seed)
+        samples = scorer.draw(run_dir, sampler, steps, seed)
         values.append(scorer.score(samples))
         if seed == 0:
             image = save_png(samples, os.path.join(workdir, "samples", _slug(setting) + ".png"),
