@@ -1,6 +1,6 @@
 """Do the fused-divergence kernels lower on this accelerator, and agree with the reference?
 
-  python bench/check_fused_divergence_gpu.py [--tokens 256] [--width 64] [--vocab 2048]
+  python kernels/check_fused_divergence_gpu.py [--tokens 256] [--width 64] [--vocab 2048]
       [--kinds fkl jsd] [--blocks 64:512 32:128] [--interpret]
 
 For each divergence, Pallas block shape (block_tokens:block_vocab) and float32 matmul precision
