@@ -21,9 +21,8 @@ import argparse
 import functools
 
 import jax
-import jax.numpy as jnp
-
 import report
+
 from jaxdistill.kernels.flash_attention import attention_reference, flash_attention
 
 MiB = 2**20

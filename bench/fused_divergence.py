@@ -28,8 +28,8 @@ import traceback
 
 import jax
 import jax.numpy as jnp
-
 import report
+
 from jaxdistill.kernels import fused_divergence as fused
 
 MiB = 2**20
@@ -83,8 +83,8 @@ def measure_liger(tokens: int, width: int, vocab: int, repeats: int) -> dict | N
 
 def _liger_status() -> str:
     try:
-        import torch
         import liger_kernel  # noqa: F401
+        import torch
     except ImportError as error:
         return f"not measured ({error})"
     return "measured" if torch.cuda.is_available() else "not measured (torch sees no CUDA device)"

@@ -1,21 +1,24 @@
-"""What every benchmark report shares: the machine line and where the report goes."""
+"""What every benchmark report shares: the machine line, timing, and where the report goes."""
 
 from __future__ import annotations
 
 import datetime
 import os
-import platform
 import shlex
-import statistics
 import sys
 import time
 
 import jax
 
+from jaxdistill.reproduce.machine import device_description, median_seconds
 
-def machine(devices: str) -> str:
-    return (f"- machine: {os.cpu_count()} CPUs, {platform.processor() or platform.machine()},"
-            f" {platform.platform()}; jax {jax.__version__}, {devices}")
+__all__ = ["Section", "machine", "median_seconds", "publish"]
+
+
+def machine(devices: str | None = None) -> str:
+    """The report's machine line, in the reproduced tables' `device` format; `devices` names the
+    devices where jax's own description would say less (e.g. simulated ones)."""
+    return f"- machine: {device_description(devices)}"
 
 
 def publish(text: str, out: str | None) -> None:
@@ -24,17 +27,6 @@ def publish(text: str, out: str | None) -> None:
     if out:
         with open(out, "a") as f:
             f.write("\n" + text)
-
-
-def median_seconds(call, repeats: int) -> float:
-    """The median wall time of `call()` over `repeats` calls, after one warm-up call."""
-    jax.block_until_ready(call())
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        jax.block_until_ready(call())
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
 
 
 class Section:
@@ -47,11 +39,11 @@ class Section:
         self.device = jax.devices()[0]
 
     def lines(self, load_note: str = "") -> list[str]:
-        now = datetime.datetime.now(datetime.timezone.utc)
+        now = datetime.datetime.now(datetime.UTC)
         return [
             f"## {self.title}, {self.device.platform.upper()} ({now:%Y-%m-%d %H:%M} UTC)", "",
             f"- command: `{shlex.join(['python', *sys.argv])}`",
-            machine(f"device {self.device.device_kind}"),
+            machine(),
             f"- wall time of the whole script: {time.perf_counter() - self.started:.0f} s",
-            f"- load average (1 min) at start / end: {self.load_at_start:.1f} /"
-            f" {os.getloadavg()[0]:.1f}{load_note}"]
+            (f"- load average (1 min) at start / end: {self.load_at_start:.1f} /"
+             f" {os.getloadavg()[0]:.1f}{load_note}")]

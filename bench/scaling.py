@@ -47,9 +47,10 @@ import sys  # noqa: E402
 import time  # noqa: E402
 
 import jax  # noqa: E402
-
 import report  # noqa: E402
-from jaxdistill import config as config_lib, data  # noqa: E402
+
+from jaxdistill import config as config_lib  # noqa: E402
+from jaxdistill import data
 from jaxdistill.run import build  # noqa: E402
 
 MiB, GiB = 2**20, 2**30
@@ -146,7 +147,9 @@ def model_layout(teacher: LM, student: LM, chip: Chip, devices: int, layout: tup
         "activations": tokens * 34 * (student.layers * student.width + teacher.width) / tp,
         "logits": 3 * tokens * student.vocab * 4 / tp,
     }
-    ring = lambda n: (n - 1) / n
+    def ring(n):
+        return (n - 1) / n
+
     communication = (
         ring(fsdp) * (student.params / tp * (2 * 2 + 4) + teacher.params / tp * 2)
         + 2 * ring(dp) * student.params * 4 / (fsdp * tp)
@@ -154,7 +157,8 @@ def model_layout(teacher: LM, student: LM, chip: Chip, devices: int, layout: tup
                                        + 2 * teacher.width * teacher.layers))
     flops = (6 * student.params + 2 * teacher.params) * tokens / tp
     return {"memory": memory, "communication_bytes": communication,
-            "compute_s": flops / chip.peak_flops, "communication_s": communication / chip.interconnect}
+            "compute_s": flops / chip.peak_flops,
+            "communication_s": communication / chip.interconnect}
 
 
 def modelled_table(args) -> tuple[list[str], str]:
@@ -210,7 +214,8 @@ def main() -> None:
         report.machine(f"{jax.device_count()} simulated CPU devices"),
         f"- wall time of the whole script: {time.perf_counter() - started:.0f} s", "",
         f"Measured: `minilm_sentences:local` (all-MiniLM-L6-v2 → 3-layer student), batch"
-        f" {args.batch_size} × {tokens} tokens; per device; step time is the median of {args.repeats}"
+        f" {args.batch_size} × {tokens} tokens; per device; step time is the median of"
+        f" {args.repeats}"
         f" repeats of {args.steps} steps. The 8 devices share the host's cores, so step times"
         " compare the partitioned programs, not hardware.", "", *measured, "",
         f"Modelled (formulas in `bench/scaling.py`): {title}. Per device; times are lower bounds"

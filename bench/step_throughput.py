@@ -42,7 +42,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from jaxdistill import config as config_lib, data, train
+from jaxdistill import config as config_lib
+from jaxdistill import data, train
 from jaxdistill.run import Run, build
 
 NUM_BATCHES = 8  # distinct pre-fetched batches, cycled through by both frameworks

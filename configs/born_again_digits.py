@@ -11,15 +11,15 @@ WORKDIR/teacher/teacher, and so on. Runtime: local about 15 s per generation on 
 """
 
 from jaxdistill import config as config_lib
-from jaxdistill.configs import common
+
+from . import common
 
 
 def get_config(arg=None):
-    scale, _, generation = (arg or "local").partition(",")
-    scale, generation = config_lib.scale_of(scale), int(generation or 1)
-    config = common.digits_base(scale)
+    scale, generation = config_lib.parse_arg(arg, "1")
+    generation = int(generation)
+    config = common.digits_base(scale, "born_again" if generation else "supervised")
     config.student.update(common.SELF_DISTILLATION_MLP)
-    config.method = "born_again" if generation else "supervised"
     config.teacher.config = f"born_again_digits:{scale},{generation - 1}" if generation else ""
     config.loss.update({"temperature": 1.0, "alpha": 1.0})
     return config

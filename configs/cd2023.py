@@ -10,11 +10,12 @@ ARG is `SCALE[,DATA]`: DATA `2d` (default, the checkerboard) or `digits` (a DiT 
 The paper's CIFAR-10 settings where they carry over: N = 18 Heun-discretised levels, target EMA
 μ = 0.95, σ ∈ [0.002, 80], ρ = 7, the student initialised from the teacher, Adam; the metric is
 squared L2 (its LPIPS needs an ImageNet network). Evaluation samples in one step (`--config.
-generation.steps=2` for two, through σ = `generation.times`). The teacher (`diffusion_2d` or `diffusion_images`) is
+generation.steps=2` for two, through σ = `generation.times`). The teacher (`diffusion_2d` or
+`diffusion_images`) is
 trained first into WORKDIR/teacher when teacher.checkpoint is empty.
 """
 
-from jaxdistill.configs import common
+from . import common
 
 
 def get_config(arg=None):

@@ -2,15 +2,17 @@
 
 import ml_collections
 
+from jaxdistill import config as config_lib
+from jaxdistill import methods
+from jaxdistill.errors import DistillError
 
-def digits_base(scale: str) -> ml_collections.ConfigDict:
+
+def digits_base(scale: str, method: str) -> ml_collections.ConfigDict:
     """Run length, logging, optimizer and dataset of a `smoke` / `local` / `paper` digits run.
 
     `paper` trains on TFDS `mnist` (60 epochs of 469 batches; the paper trains far longer).
     """
-    from jaxdistill import config as config_lib
-
-    config = config_lib.base()
+    config = methods.base_config(method)
     config.optimizer.update({"name": "adamw", "lr": 1e-3, "warmup_steps": 100})
     config.total_steps = {"smoke": 20, "local": 2000, "paper": 28_140}[scale]
     if scale == "smoke":
@@ -66,11 +68,7 @@ NOISE = {"edm": (-1.2, 1.2, 1000.0), "trigflow": (-1.0, 1.4, 1.0), "flow": (-0.4
 def generative_arg(arg: str | None) -> tuple[str, str]:
     """`SCALE[,DATA]` -> (scale, data): DATA is 2d (default) or digits at smoke and local
     scale, cifar10 (default) or imagenet64 at paper scale."""
-    from jaxdistill import config as config_lib
-    from jaxdistill.errors import DistillError
-
-    scale, _, kind = (arg or "local").partition(",")
-    scale = config_lib.scale_of(scale)
+    scale, kind = config_lib.parse_arg(arg, "")
     choices = PAPER_GENERATIVE if scale == "paper" else GENERATIVE_DATA
     kind = kind or next(iter(choices))
     if kind not in choices:
@@ -89,25 +87,23 @@ def teacher_config(scale: str, kind: str, parameterization: str) -> str:
 def step_config(arg: str | None, method: str, parameterization: str,
                 local_steps: dict[str, int], *, teacher: bool = False) -> ml_collections.ConfigDict:
     """The start every step-distillation paper config shares: `generative_base` at ARG's scale
-    and data, `method`, the local run length per data kind, and with `teacher` a diffusion
-    teacher of the same parameterization (trained first when teacher.checkpoint is empty)
-    that the student starts as a copy of."""
+    and data, `method`, the local run length per data kind, and the diffusion teacher of the
+    same parameterization (what the tables compare with; with `teacher` the method distils it,
+    trained first when teacher.checkpoint is empty, and the student starts as its copy)."""
     scale, kind = generative_arg(arg)
-    config = generative_base(scale, kind, parameterization)
-    config.method = method
+    config = generative_base(scale, kind, parameterization, method)
+    config.teacher.config = teacher_config(scale, kind, parameterization)
     if teacher:
-        config.teacher.config = teacher_config(scale, kind, parameterization)
         config.student_init.from_teacher = True
     if scale == "local":
         config.total_steps = local_steps[kind]
     return config
 
 
-def generative_base(scale: str, kind: str, parameterization: str) -> ml_collections.ConfigDict:
+def generative_base(scale: str, kind: str, parameterization: str,
+                    method: str) -> ml_collections.ConfigDict:
     """Data, denoiser, noise, run length and evaluation shared by every generative config."""
-    from jaxdistill import config as config_lib
-
-    config = config_lib.base()
+    config = methods.base_config(method)
     setting = (PAPER_GENERATIVE if scale == "paper" else GENERATIVE_DATA)[kind]
     config.data.update({"name": setting["data"], "task": "generation",
                         "cache": scale != "paper"})

@@ -11,13 +11,14 @@ reports the sliced Wasserstein distance to the held-out points. Runtime: local a
 on 2 CPU cores.
 """
 
-from jaxdistill.configs import common
+from jaxdistill import config as config_lib
+
+from . import common
 
 
 def get_config(arg=None):
-    scale, _, parameterization = (arg or "local").partition(",")
+    scale, parameterization = config_lib.parse_arg(arg, "edm")
     # 2-D toys have no paper scale: generative_arg says so rather than failing on a lookup.
-    config = common.generative_base(*common.generative_arg(f"{scale},2d"),
-                                    parameterization or "edm")
-    config.method = "diffusion"
+    config = common.generative_base(*common.generative_arg(f"{scale},2d"), parameterization,
+                                    "denoising")
     return config

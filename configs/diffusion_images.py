@@ -12,15 +12,15 @@ needs (`--config.generation.guidance=w`). The DiT's attention is
 `jaxdistill.kernels.flash_attention`.
 """
 
-from jaxdistill.configs import common
+from jaxdistill import config as config_lib
+
+from . import common
 
 
 def get_config(arg=None):
-    scale, _, rest = (arg or "local").partition(",")
-    parameterization, _, kind = rest.partition(",")
+    scale, parameterization, kind = config_lib.parse_arg(arg, "edm", "")
     default_kind = "cifar10" if scale == "paper" else "digits"
     scale, kind = common.generative_arg(f"{scale},{kind or default_kind}")
-    config = common.generative_base(scale, kind, parameterization or "edm")
-    config.method = "diffusion"
+    config = common.generative_base(scale, kind, parameterization, "denoising")
     config.diffusion.label_dropout = 0.1
     return config

@@ -14,13 +14,16 @@ the sampling temperature, and how many test prompts it decodes.
 import ml_collections
 
 from jaxdistill import config as config_lib
-from jaxdistill.configs import gkd_docs
+from jaxdistill import methods
+
+from . import gkd_docs
 
 
 def get_config(arg=None):
     scale = config_lib.scale_of(arg)
     config = gkd_docs.get_config(scale)
     config.method = "distillspec"
+    methods.with_settings(config)
     config.loss.update({"divergence": "tvd", "student_data_fraction": 1.0})
     config.speculative = ml_collections.ConfigDict(
         {"gamma": 4, "temperature": 1.0, "max_new_tokens": 32, "num_prompts": 512,

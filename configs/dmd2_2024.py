@@ -13,10 +13,11 @@ teacher, the fake score updated 5 times per generator update (two time-scale rul
 β1 = 0 and β2 = 0.99 for the fake score, no regression loss, the GAN head on the fake score's
 last hidden features (generator weight 3e-3, discriminator 1e-2; the paper's ablation without
 it: ImageNet-64 FID 2.61 instead of 1.28). The EDM
-teacher (`diffusion_2d` or `diffusion_images`) is trained first into WORKDIR/teacher when teacher.checkpoint is empty.
+teacher (`diffusion_2d` or `diffusion_images`) is trained first into WORKDIR/teacher when
+teacher.checkpoint is empty.
 """
 
-from jaxdistill.configs import common
+from . import common
 
 
 def get_config(arg=None):

@@ -2,7 +2,8 @@
 
   jaxdistill train --config configs/gkd_docs.py:local --workdir runs/gkd
   jaxdistill train --config configs/gkd_docs.py:local --workdir runs/fkl \\
-      --config.method=logit_kd --config.loss.divergence=fkl --config.teacher.checkpoint=runs/lm_teacher
+      --config.method=logit_kd --config.loss.divergence=fkl \\
+      --config.teacher.checkpoint=runs/lm_teacher
 
 A 2-layer student learns from the 4-layer teacher of `lm_teacher_docs` (trained first into
 WORKDIR/teacher when config.teacher.checkpoint is empty) on prompt/continuation pairs: 32 prompt
@@ -17,13 +18,16 @@ analogue here takes a pretrained teacher by path (config.teacher.pretrained) and
 """
 
 from jaxdistill import config as config_lib
-from jaxdistill.configs import lm_teacher_docs
+from jaxdistill import methods
+
+from . import lm_teacher_docs
 
 
 def get_config(arg=None):
     scale = config_lib.scale_of(arg)
     config = lm_teacher_docs.get_config(scale)
     config.method = "gkd"
+    methods.with_settings(config)
     config.teacher.config = f"lm_teacher_docs:{scale}"
     config.data.format = "prompts"
     config.student = lm_teacher_docs.llama(num_layers=2, width=96, heads=4, kv_heads=2,

@@ -11,13 +11,13 @@ MNIST experiment. Runtime: smoke seconds, local about a minute on 2 CPU cores pl
 """
 
 from jaxdistill import config as config_lib
-from jaxdistill.configs import common
+
+from . import common
 
 
 def get_config(arg=None):
     scale = config_lib.scale_of(arg)
-    config = common.digits_base(scale)
-    config.method = "kd"
+    config = common.digits_base(scale, "kd")
     config.teacher.config = f"hinton_teacher_digits:{scale}"
     # The paper's student is 2×800 on MNIST's 784 inputs, unregularised; the digits inputs are 64
     # wide and the training set 1,257 images, so the student shrinks to match.

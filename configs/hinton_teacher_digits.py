@@ -8,13 +8,13 @@ input units, the paper trains 3,000 epochs; ours is 60 epochs of 469 steps).
 """
 
 from jaxdistill import config as config_lib
-from jaxdistill.configs import common
+
+from . import common
 
 
 def get_config(arg=None):
     scale = config_lib.scale_of(arg)
-    config = common.digits_base(scale)
-    config.method = "supervised"
+    config = common.digits_base(scale, "supervised")
     config.student.update(
         {"model": "mlp", "hidden": (1200, 1200), "dropout": 0.5, "input_dropout": 0.2})
     if scale == "smoke":

@@ -9,11 +9,11 @@ The paper's settings: pseudo-Huber metric (c = 0.00054·√d), log-normal level 
 (P_mean = −1.1, P_std = 2.0), discretization curriculum s0 = 10 → s1 = 1280 doubling over the
 run, λ(σ_i) = 1/(σ_{i+1} − σ_i), no EMA target, Adam; evaluation with the EMA of
 the weights (0.99993 in the paper over 400k steps, 0.999 over this local run). Two-step
-sampling re-noises to σ ≈ 2.5 (`diffusion.consistency_times`; the paper tunes 0.821 on
+sampling re-noises to σ ≈ 2.5 (`sampling.consistency_times`; the paper tunes 0.821 on
 CIFAR-10, `--config.generation.times=(0.821,)`).
 """
 
-from jaxdistill.configs import common
+from . import common
 
 
 def get_config(arg=None):

@@ -15,6 +15,7 @@ same recipe to a 12-layer, 768-wide model on TFDS `lm1b` for completeness.
 import ml_collections
 
 from jaxdistill import config as config_lib
+from jaxdistill import methods
 
 DOCS_DATA = {"name": "bundled_docs", "tokenizer": "bpe:2048", "format": "packed",
              "max_length": 128, "prompt_length": 32, "continuation_length": 32}
@@ -31,8 +32,7 @@ def llama(num_layers: int, width: int, heads: int, kv_heads: int, mlp_dim: int,
 
 def get_config(arg=None):
     scale = config_lib.scale_of(arg)
-    config = config_lib.base()
-    config.method = "sft"
+    config = methods.base_config("sft")
     config.data.update(DOCS_DATA)
     config.student = llama(num_layers=4, width=128, heads=4, kv_heads=2, mlp_dim=344)
     config.optimizer.update({"name": "adamw", "lr": 3e-3, "warmup_steps": 100, "b2": 0.98,

@@ -11,7 +11,7 @@ c = 1e-3, Adam; evaluation with the EMA of the weights and 1-step sampling
 (`--config.generation.steps=2` for two).
 """
 
-from jaxdistill.configs import common
+from . import common
 
 
 def get_config(arg=None):

@@ -23,14 +23,14 @@ neighbours. Runtime: smoke seconds; local about 3 minutes on 2 CPU cores.
 import ml_collections
 
 from jaxdistill import config as config_lib
+from jaxdistill import methods
 
 TEACHER = "sentence-transformers/all-MiniLM-L6-v2"
 
 
 def get_config(arg=None):
     scale = config_lib.scale_of(arg)
-    config = config_lib.base()
-    config.method = "minilm"
+    config = methods.base_config("minilm")
     config.teacher.pretrained = TEACHER
     config.data.update({"name": "bundled_sentences", "tokenizer": TEACHER, "max_length": 48})
     config.student = ml_collections.ConfigDict({

@@ -9,12 +9,12 @@ Runtime: local about 15 s on 2 CPU cores.
 """
 
 from jaxdistill import config as config_lib
-from jaxdistill.configs import common
+
+from . import common
 
 
 def get_config(arg=None):
-    config = common.digits_base(config_lib.scale_of(arg))
+    config = common.digits_base(config_lib.scale_of(arg), "pskd")
     config.student.update(common.SELF_DISTILLATION_MLP)
-    config.method = "pskd"
     config.loss.alpha = 0.8
     return config

@@ -9,11 +9,9 @@ process count can resume it: orbax restores each array into the new run's shardi
 
 from __future__ import annotations
 
-import functools
 import json
 import os
 
-import flax.linen as nn
 import jax
 import ml_collections
 import orbax.checkpoint as ocp
@@ -53,9 +51,6 @@ class Checkpointer:
             state=ocp.args.PyTreeRestore(item=abstract_state,
                                          restore_args=_restore_args(abstract_state))))
         return restored.state
-
-    def wait(self) -> None:
-        self.manager.wait_until_finished()
 
     def close(self) -> None:
         self.manager.close()
@@ -98,12 +93,11 @@ def read_config(run_dir: str) -> ml_collections.ConfigDict:
         return config_lib.from_json(f.read())
 
 
-def load_params(run_dir: str, abstract_params):
-    """The student parameters of the newest checkpoint of the run in `run_dir`, placed by the
-    shardings of `abstract_params` (only the params are read, not the optimizer state). A run
-    that kept an EMA of its params (config.ema_decay > 0) is represented by the EMA, as its
-    evaluation was."""
-    key = "ema_params" if read_config(run_dir).get("ema_decay", 0.0) > 0 else "params"
+def load_params(run_dir: str, abstract_params, *, ema: bool = False):
+    """The student parameters (`ema`: their EMA) of the newest checkpoint of the run in
+    `run_dir`, placed by the shardings of `abstract_params` (only the params are read, not the
+    optimizer state)."""
+    key = "ema_params" if ema else "params"
     manager = ocp.CheckpointManager(epath.Path(run_dir).absolute() / "checkpoints")
     step = manager.latest_step()
     if step is None:
@@ -115,19 +109,3 @@ def load_params(run_dir: str, abstract_params):
         item=target, restore_args=_restore_args(target), partial_restore=True)))
     manager.close()
     return restored.state[key]
-
-
-
-def load_model(run_dir: str):
-    """(module, params) of a finished run's student on the default device: to sample from it,
-    evaluate it or draft with it outside a training run."""
-    from jaxdistill import data, models
-
-    config = read_config(run_dir)
-    module = models.build(config.student)
-    device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
-    abstract = jax.eval_shape(functools.partial(module.init, train=False), jax.random.key(0),
-                              *data.spec(config.data).example_inputs())
-    abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=device),
-                            nn.unbox(abstract))
-    return module, load_params(run_dir, abstract)

@@ -7,6 +7,7 @@
     jaxdistill reproduce --list
     jaxdistill cache-teacher --config CONFIG --out DIR --top_k K [--split train]
         [--config.a.b=VALUE ...]
+    jaxdistill methods
 
 A `DistillError` (bad input, a diverged run) ends the command with one line on stderr and exit
 status 2; anything else is a bug and keeps its traceback.
@@ -17,9 +18,12 @@ from __future__ import annotations
 import argparse
 import sys
 
+import jax
+import ml_collections
 from absl import flags
 from ml_collections import config_flags
 
+from jaxdistill import cache_teacher, distributed, methods, reproduce, train
 from jaxdistill import config as config_lib
 from jaxdistill.errors import DistillError
 
@@ -48,16 +52,22 @@ def _train_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _parse_config(spec: str, overrides: list[str]):
-    """Loads the config with ml_collections' own flag parser, after checking every key exists."""
+def _parse_config(spec: str, overrides: list[str]) -> ml_collections.ConfigDict:
+    """The config of `spec` with its method's settings and the overrides applied (by
+    ml_collections' own flag parser), after checking that every overridden key exists."""
     config = config_lib.load(spec)  # fails clearly on a bad path or variant
     for override in overrides:
         if not override.startswith("--config."):
             raise DistillError(f"unrecognised argument {override}; see `jaxdistill train --help`")
+        if override.startswith("--config.method="):  # its settings are overridable too
+            config.method = override.partition("=")[2]
+    methods.with_settings(config)
+    for override in overrides:
         config_lib.check_key(config, override[len("--config."):].split("=", 1)[0])
-    argv = ["jaxdistill", f"--config={config_lib.resolve(spec)}", *overrides]
+    argv = ["jaxdistill", *overrides]
     flag_values = flags.FlagValues()
-    config_flag = config_flags.DEFINE_config_file("config", flag_values=flag_values, sys_argv=argv)
+    config_flag = config_flags.DEFINE_config_dict("config", config, flag_values=flag_values,
+                                                  sys_argv=argv)
     try:
         flag_values(argv)
     except flags.Error as e:
@@ -68,10 +78,6 @@ def _parse_config(spec: str, overrides: list[str]):
 def _train(argv: list[str]) -> None:
     args, overrides = _train_parser().parse_known_args(argv)
     config = _parse_config(args.config, overrides)
-    import jax
-
-    from jaxdistill import distributed, train
-
     distributed.initialize(args.distributed, args.coordinator_address, args.num_processes,
                            args.process_id)
 
@@ -85,8 +91,6 @@ def _train(argv: list[str]) -> None:
 
 
 def _reproduce(argv: list[str]) -> None:
-    from jaxdistill import reproduce
-
     parser = argparse.ArgumentParser(prog="jaxdistill reproduce",
                                      description="Run every row of a paper's table.")
     parser.add_argument("name", nargs="?", help="one of `jaxdistill reproduce --list`")
@@ -119,14 +123,21 @@ def _cache_teacher(argv: list[str]) -> None:
     parser.add_argument("--batch_size", type=int, default=256)
     args, overrides = parser.parse_known_args(argv)
     config = _parse_config(args.config, overrides)
-    from jaxdistill import teacher_cache
-
-    recorded = teacher_cache.write(config, args.out, args.top_k, args.split, args.batch_size)
+    recorded = cache_teacher.write(config, args.out, args.top_k, args.split, args.batch_size)
     print(f"{args.out}: top-{args.top_k} teacher targets of {recorded['splits'][args.split]}"
           f" {args.split} rows at temperature {recorded['temperature']}")
 
 
-COMMANDS = {"train": _train, "reproduce": _reproduce, "cache-teacher": _cache_teacher}
+def _methods(argv: list[str]) -> None:
+    argparse.ArgumentParser(prog="jaxdistill methods",
+                            description="List the registered methods.").parse_args(argv)
+    for name in methods.names():
+        method = methods.get(name)
+        print(f"{name:<14} teacher: {method.teacher:<5} data: {', '.join(method.tasks) or 'any'}")
+
+
+COMMANDS = {"train": _train, "reproduce": _reproduce, "cache-teacher": _cache_teacher,
+            "methods": _methods}
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -9,7 +9,7 @@ Each task has a jitted per-batch step and a host-side reduction:
   top-1 agreement of the two), and for prompt data the teacher's NLL of continuations the
   student samples (config.sampling, a fixed key per batch position so every eval draws alike);
 - generation: the student's samples (config.generation) beside the split's real examples, as
-  many of each, scored by the sliced Wasserstein distance (`diffusion.sliced_wasserstein`).
+  many of each, scored by the sliced Wasserstein distance (`distances.sliced_wasserstein`).
 """
 
 from __future__ import annotations
@@ -21,7 +21,9 @@ import jax.numpy as jnp
 import numpy as np
 import scipy.stats
 
-from jaxdistill import losses
+from jaxdistill import data, losses
+from jaxdistill.diffusion import distances, parameterizations, sampling
+from jaxdistill.methods import lm
 
 
 def _classification_step(student, teacher):
@@ -119,9 +121,7 @@ def _summarize_sentences(batch_outputs: Iterable[dict]) -> dict[str, float]:
     return metrics
 
 
-def _lm_step(student, teacher, sampling, eos_id):
-    from jaxdistill.methods import lm
-
+def _lm_step(student, teacher, lm_sampling, eos_id):
     def weighted_nll(logits, sequence, weights):
         return jnp.sum(losses.token_nll(logits, sequence.targets) * weights)
 
@@ -140,7 +140,7 @@ def _lm_step(student, teacher, sampling, eos_id):
                     agree=jnp.sum(agree * weights))
         if "prompt" in batch:
             sampled = lm.sample_continuations(student, params, batch, jax.random.key(0),
-                                              sampling, eos_id)
+                                              lm_sampling, eos_id)
             on_policy = lm.with_continuation(batch, sampled.tokens, sampled.mask)
             sampled_weights = on_policy.loss_mask * rows
             sums.update(sampled_count=jnp.sum(sampled_weights), sampled_teacher_nll=weighted_nll(
@@ -169,31 +169,26 @@ def _summarize_lm(batch_sums: Iterable[dict]) -> dict[str, float]:
 def _generation_step(student, config, num_classes):
     """Samples as many points as the batch has, from noise keyed by the batch's first row index
     (so every evaluation of a split draws the same noise), beside the real ones."""
-    from jaxdistill import diffusion
-
-    param = diffusion.parameterization(config.diffusion)
+    param = parameterizations.parameterization(config.diffusion)
     generation = config.generation
-    diffusion.check_sampling(param, generation.sampler, generation.steps,
-                             tuple(generation.times))
+    sampling.check_sampling(param, generation.sampler, generation.steps, tuple(generation.times))
 
     def eval_step(params, teacher_params, batch):
         del teacher_params  # the metrics compare the student with the data
-        net = diffusion.network(student, params, generation.guidance, num_classes or 0)
+        net = sampling.network(student, params, generation.guidance, num_classes or 0)
         rng = jax.random.fold_in(jax.random.key(config.seed), batch["index"][0])
-        samples = diffusion.sample(param, net, rng, batch["x"].shape, batch.get("label"),
-                                   sampler=generation.sampler, steps=generation.steps,
-                                   times=tuple(generation.times))
+        samples = sampling.sample(param, net, rng, batch["x"].shape, batch.get("label"),
+                                  sampler=generation.sampler, steps=generation.steps,
+                                  times=tuple(generation.times))
         return {"samples": samples, "real": batch["x"], "mask": batch["mask"]}
 
     return eval_step
 
 
 def _summarize_generation(batch_outputs: Iterable[dict]) -> dict[str, float]:
-    from jaxdistill import diffusion
-
     gathered = _gather_masked(batch_outputs)
     finite = np.all(np.isfinite(gathered["samples"].reshape(len(gathered["samples"]), -1)), -1)
-    return {"swd": diffusion.sliced_wasserstein(np.nan_to_num(gathered["samples"]),
+    return {"swd": distances.sliced_wasserstein(np.nan_to_num(gathered["samples"]),
                                                 gathered["real"]),
             "nonfinite_samples": int(np.sum(~finite)), "examples": len(finite)}
 
@@ -222,8 +217,6 @@ def summarize(dataset, batch_outputs: Iterable[dict]) -> dict[str, float]:
 
 def evaluate_split(run, state, split: str) -> dict[str, float]:
     """Exact metrics of `state` on a whole split of the run's dataset."""
-    from jaxdistill import data
-
     batches = data.eval_batches(run.config.data, split, run.config.eval_batch_size)
     return summarize(run.dataset, (run.eval_step(state, run.shard_batch(batch))
                                    for batch in batches))

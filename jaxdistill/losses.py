@@ -8,13 +8,65 @@ The τ² gradient factor of Hinton KD belongs to the method, not here.
 
 from __future__ import annotations
 
+import dataclasses
+
 import jax
 import jax.numpy as jnp
 from jaxtyping import Array, Float, Int
 
 from jaxdistill.errors import DistillError
 
+# Every divergence kind. `Divergence` accepts only these, and each dispatch (`_pointwise` here,
+# `entry_terms` in the fused kernel) has one case per kind and raises on any other.
 DIVERGENCES = ("fkl", "rkl", "jsd", "tvd", "skl", "srkl")
+
+
+@dataclasses.dataclass(frozen=True)
+class Divergence:
+    """One divergence with its settings, checked on construction.
+
+    kinds: fkl KL(P‖Q); rkl KL(Q‖P); jsd β·KL(P‖M)+(1−β)·KL(Q‖M) with M=βP+(1−β)Q;
+    tvd ½Σ|P−Q|; skl KL(P‖αP+(1−α)Q); srkl KL(Q‖αQ+(1−α)P), α = `skew` (the public functions'
+    `alpha`). Settings a kind does not use are ignored. Frozen and hashable, so jit and
+    custom_vjp can take it as a static argument.
+    """
+
+    kind: str
+    temperature: float = 1.0
+    beta: float = 0.5
+    skew: float = 0.1
+
+    def __post_init__(self) -> None:
+        # Plain floats: equal settings hash alike whatever scalar type they came as.
+        for name in ("temperature", "beta", "skew"):
+            object.__setattr__(self, name, float(getattr(self, name)))
+        if self.kind not in DIVERGENCES:
+            raise DistillError(
+                f"unknown divergence {self.kind!r}; choose one of {', '.join(DIVERGENCES)}")
+        if not self.temperature > 0:
+            raise DistillError(f"temperature must be > 0, got {self.temperature}")
+        if self.kind == "jsd" and not 0.0 < self.beta < 1.0:
+            raise DistillError(
+                f"jsd needs beta strictly inside (0, 1), got {self.beta}: at the ends it is"
+                " identically zero; use kind='fkl' or kind='rkl' instead")
+        if self.kind in ("skl", "srkl") and not 0.0 <= self.skew < 1.0:
+            raise DistillError(f"{self.kind} needs skew alpha in [0, 1), got {self.skew}")
+
+
+def as_divergence(kind: str | Divergence, temperature: float = 1.0, beta: float = 0.5,
+                  alpha: float = 0.1) -> Divergence:
+    """The `Divergence` that a public function's (kind, temperature, beta, alpha) describe.
+
+    `kind` may itself be a `Divergence`; it carries its own settings, so the keywords must then
+    keep their defaults (rather than being silently ignored).
+    """
+    if not isinstance(kind, Divergence):
+        return Divergence(kind, temperature, beta, alpha)
+    if (temperature, beta, alpha) != (1.0, 0.5, 0.1):
+        raise DistillError(
+            f"{kind} already carries temperature, beta and skew; pass the settings inside the"
+            " Divergence, not as keywords beside it")
+    return kind
 
 
 def _kl(log_a: Array, log_b: Array) -> Array:
@@ -31,59 +83,59 @@ def log_mix(weight: float, log_a: Array, log_b: Array) -> Array:
     return jnp.logaddexp(jnp.log(weight) + log_a, jnp.log1p(-weight) + log_b)
 
 
-def check_divergence_args(kind: str, temperature: float, beta: float, alpha: float) -> None:
-    """Fails, naming the fix, on an unknown kind or a parameter outside its range."""
-    if kind not in DIVERGENCES:
-        raise DistillError(f"unknown divergence {kind!r}; choose one of {', '.join(DIVERGENCES)}")
-    if not temperature > 0:
-        raise DistillError(f"temperature must be > 0, got {temperature}")
-    if kind == "jsd" and not 0.0 < beta < 1.0:
+def _check_mask(mask: Array | None, logits: Array) -> None:
+    if mask is not None and mask.shape != logits.shape[:-1]:
         raise DistillError(
-            f"jsd needs beta strictly inside (0, 1), got {beta}: at the ends it is identically zero;"
-            " use kind='fkl' or kind='rkl' instead")
-    if kind in ("skl", "srkl") and not 0.0 <= alpha < 1.0:
-        raise DistillError(f"{kind} needs alpha in [0, 1), got {alpha}")
-
-
-def _check_args(student_logits, teacher_logits, kind, temperature, beta, alpha, mask):
-    check_divergence_args(kind, temperature, beta, alpha)
-    if student_logits.shape != teacher_logits.shape:
-        raise DistillError(
-            f"student logits {student_logits.shape} and teacher logits {teacher_logits.shape} differ"
-            " in shape; pad or slice one vocabulary so both heads have the same size")
-    if mask is not None and mask.shape != student_logits.shape[:-1]:
-        raise DistillError(
-            f"mask shape {mask.shape} must equal the logits' leading shape {student_logits.shape[:-1]}")
+            f"mask shape {mask.shape} must equal the logits' leading shape {logits.shape[:-1]}")
 
 
 def _at_least_float32(x: Array) -> Array:
     return x.astype(jnp.promote_types(x.dtype, jnp.float32))
 
 
+def _log_softmax(logits: Array, temperature: float) -> Array:
+    """log softmax(logits / T) in float32 (float64 for float64 inputs)."""
+    return jax.nn.log_softmax(_at_least_float32(logits) / temperature, axis=-1)
+
+
+def _pointwise(div: Divergence, student_logits: Array, teacher_logits: Array) -> Array:
+    """The divergence at every position: one explicit case per kind, an error for any other."""
+    log_q = _log_softmax(student_logits, div.temperature)
+    log_p = _log_softmax(teacher_logits, div.temperature)
+    match div.kind:
+        case "fkl":
+            return _kl(log_p, log_q)
+        case "rkl":
+            return _kl(log_q, log_p)
+        case "jsd":
+            log_m = log_mix(div.beta, log_p, log_q)
+            return div.beta * _kl(log_p, log_m) + (1.0 - div.beta) * _kl(log_q, log_m)
+        case "tvd":
+            return 0.5 * jnp.sum(jnp.abs(jnp.exp(log_p) - jnp.exp(log_q)), axis=-1)
+        case "skl":
+            return _kl(log_p, log_mix(div.skew, log_p, log_q))
+        case "srkl":
+            return _kl(log_q, log_mix(div.skew, log_q, log_p))
+        case _:
+            raise DistillError(f"divergence {div.kind!r} has no implementation in losses;"
+                               " add a case to losses._pointwise")
+
+
 def pointwise_divergence(
     student_logits: Float[Array, "*batch vocab"],
     teacher_logits: Float[Array, "*batch vocab"],
-    kind: str,
+    kind: str | Divergence,
     *,
     temperature: float = 1.0,
     beta: float = 0.5,
     alpha: float = 0.1,
 ) -> Float[Array, "*batch"]:
-    """The divergence at every position, unreduced, in float32 (or float64 for float64 inputs)."""
-    log_q = jax.nn.log_softmax(_at_least_float32(student_logits) / temperature, axis=-1)
-    log_p = jax.nn.log_softmax(_at_least_float32(teacher_logits) / temperature, axis=-1)
-    if kind == "fkl":
-        return _kl(log_p, log_q)
-    if kind == "rkl":
-        return _kl(log_q, log_p)
-    if kind == "jsd":
-        log_m = log_mix(beta, log_p, log_q)
-        return beta * _kl(log_p, log_m) + (1.0 - beta) * _kl(log_q, log_m)
-    if kind == "tvd":
-        return 0.5 * jnp.sum(jnp.abs(jnp.exp(log_p) - jnp.exp(log_q)), axis=-1)
-    if kind == "skl":
-        return _kl(log_p, log_mix(alpha, log_p, log_q))
-    return _kl(log_q, log_mix(alpha, log_q, log_p))  # srkl
+    """The divergence at every position, unreduced, in float32 (or float64 for float64 inputs).
+
+    `kind` is a kind name with its keyword settings, or a `Divergence` (see `as_divergence`).
+    """
+    return _pointwise(as_divergence(kind, temperature, beta, alpha), student_logits,
+                      teacher_logits)
 
 
 def masked_mean(values: Float[Array, "*batch"], mask: Array | None) -> Float[Array, ""]:
@@ -108,22 +160,26 @@ def _clean_masked_rows(logits: Array, mask: Array | None) -> Array:
 def divergence(
     student_logits: Float[Array, "*batch vocab"],
     teacher_logits: Float[Array, "*batch vocab"],
-    kind: str,
+    kind: str | Divergence,
     *,
     temperature: float = 1.0,
     beta: float = 0.5,
     alpha: float = 0.1,
     mask: Array | None = None,
 ) -> Float[Array, ""]:
-    """Scalar mean divergence over unmasked positions.
+    """Scalar mean divergence over unmasked positions (the kinds: see `Divergence`).
 
-    kinds: fkl KL(P‖Q); rkl KL(Q‖P); jsd β·KL(P‖M)+(1−β)·KL(Q‖M) with M=βP+(1−β)Q;
-    tvd ½Σ|P−Q|; skl KL(P‖αP+(1−α)Q); srkl KL(Q‖αQ+(1−α)P).
+    `kind` is a kind name with its keyword settings (alpha is the skew of skl/srkl), or a
+    `Divergence`, which carries its own settings (the keywords then keep their defaults).
     """
-    _check_args(student_logits, teacher_logits, kind, temperature, beta, alpha, mask)
-    per_position = pointwise_divergence(
-        _clean_masked_rows(student_logits, mask), _clean_masked_rows(teacher_logits, mask), kind,
-        temperature=temperature, beta=beta, alpha=alpha)
+    div = as_divergence(kind, temperature, beta, alpha)
+    if student_logits.shape != teacher_logits.shape:
+        raise DistillError(
+            f"student logits {student_logits.shape} and teacher logits {teacher_logits.shape}"
+            " differ in shape; pad or slice one vocabulary so both heads have the same size")
+    _check_mask(mask, student_logits)
+    per_position = _pointwise(div, _clean_masked_rows(student_logits, mask),
+                              _clean_masked_rows(teacher_logits, mask))
     return masked_mean(per_position, mask)
 
 
@@ -132,15 +188,15 @@ def divergence(
 TAILS = ("bucket", "renormalize")
 
 
-def top_k_targets(teacher_logits: Float[Array, "*batch vocab"], k: int, *,
-                  temperature: float = 1.0) -> tuple[Float[Array, "*batch k"], Int[Array, "*batch k"]]:
+def top_k_targets(
+    teacher_logits: Float[Array, "*batch vocab"], k: int, *, temperature: float = 1.0,
+) -> tuple[Float[Array, "*batch k"], Int[Array, "*batch k"]]:
     """The teacher's k most likely tokens at `temperature`: (log-probabilities, indices).
 
     The log-probabilities are normalised over the whole vocabulary, so the mass outside the
     top k (the tail) is known exactly from them: 1 − Σ exp(top).
     """
-    log_p = jax.nn.log_softmax(_at_least_float32(teacher_logits) / temperature, axis=-1)
-    top_log_p, indices = jax.lax.top_k(log_p, k)
+    top_log_p, indices = jax.lax.top_k(_log_softmax(teacher_logits, temperature), k)
     return top_log_p, indices.astype(jnp.int32)
 
 
@@ -166,7 +222,7 @@ def sparse_divergence(
     student_logits: Float[Array, "*batch vocab"],
     top_log_probs: Float[Array, "*batch k"],
     top_indices: Int[Array, "*batch k"],
-    kind: str,
+    kind: str | Divergence,
     *,
     temperature: float = 1.0,
     beta: float = 0.5,
@@ -183,20 +239,20 @@ def sparse_divergence(
     restricted to the top k and renormalised (what most offline-logit tools do); this drops the
     student's mass outside the top k from the loss altogether.
     `top_log_probs` must come from the same `temperature` (the teacher's full softmax is gone).
+    `kind` may be a `Divergence`, as in `divergence`.
     """
-    check_divergence_args(kind, temperature, beta, alpha)
+    div = as_divergence(kind, temperature, beta, alpha)
     if tail not in TAILS:
         raise DistillError(f"unknown tail {tail!r}; choose one of {', '.join(TAILS)}")
-    if top_log_probs.shape != top_indices.shape or top_indices.shape[:-1] != student_logits.shape[:-1]:
+    if (top_log_probs.shape != top_indices.shape
+            or top_indices.shape[:-1] != student_logits.shape[:-1]):
         raise DistillError(
             f"top-k targets {top_log_probs.shape} / {top_indices.shape} do not match the student"
             f" logits {student_logits.shape}: cache them from the same batch layout")
-    if mask is not None and mask.shape != student_logits.shape[:-1]:
-        raise DistillError(
-            f"mask shape {mask.shape} must equal the logits' leading shape {student_logits.shape[:-1]}")
+    _check_mask(mask, student_logits)
     student_logits = _clean_masked_rows(student_logits, mask)
     top_log_probs = _clean_masked_rows(_at_least_float32(top_log_probs), mask)
-    log_q = jax.nn.log_softmax(_at_least_float32(student_logits) / temperature, axis=-1)
+    log_q = _log_softmax(student_logits, div.temperature)
     student_top, student_tail = _student_top_and_tail(log_q, top_indices)
     if tail == "bucket":
         teacher = jnp.concatenate([top_log_probs, _log_tail(top_log_probs)[..., None]], -1)
@@ -204,7 +260,7 @@ def sparse_divergence(
     else:
         teacher, student = top_log_probs, student_top
     # Already log-probabilities (or renormalised by the log-softmax inside): temperature 1.
-    per_position = pointwise_divergence(student, teacher, kind, beta=beta, alpha=alpha)
+    per_position = _pointwise(dataclasses.replace(div, temperature=1.0), student, teacher)
     return masked_mean(per_position, mask)
 
 
@@ -242,7 +298,7 @@ def accuracy(logits: Array, labels: Array, mask: Array | None = None) -> Float[A
 
 def mse(student: Float[Array, "*batch dim"], teacher: Float[Array, "*batch dim"],
         mask: Array | None = None) -> Float[Array, ""]:
-    """Mean squared error per position (averaged over the feature axis), masked mean over positions."""
+    """Mean squared error per position (averaged over features), masked mean over positions."""
     diff = student.astype(jnp.float32) - teacher.astype(jnp.float32)
     return masked_mean(jnp.mean(jnp.square(diff), axis=-1), mask)
 

@@ -36,6 +36,8 @@ def build(opt_config, total_steps: int) -> tuple[optax.GradientTransformation, o
     elif name == "adam":
         base = optax.adam(lr, b1=opt_config.b1, b2=opt_config.b2)
     else:
-        base = optax.adamw(lr, b1=opt_config.b1, b2=opt_config.b2, weight_decay=opt_config.weight_decay)
-    clip = [optax.clip_by_global_norm(opt_config.grad_clip_norm)] if opt_config.grad_clip_norm else []
+        base = optax.adamw(lr, b1=opt_config.b1, b2=opt_config.b2,
+                           weight_decay=opt_config.weight_decay)
+    clip = ([optax.clip_by_global_norm(opt_config.grad_clip_norm)]
+            if opt_config.grad_clip_norm else [])
     return optax.chain(*clip, base), lr

@@ -14,7 +14,8 @@ from typing import Any, Sequence
 import flax.linen as nn
 import jax
 import numpy as np
-from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+from jax.sharding import Mesh, NamedSharding
+from jax.sharding import PartitionSpec as P
 
 from jaxdistill.errors import DistillError
 
@@ -29,7 +30,8 @@ def make_mesh(mesh_config, devices: Sequence[jax.Device] | None = None) -> Mesh:
     devices = list(jax.devices() if devices is None else devices)
     sizes = [int(mesh_config[axis]) for axis in MESH_AXES]
     if sizes.count(-1) > 1:
-        raise DistillError(f"at most one of config.mesh.{{data,fsdp,tensor}} may be -1, got {sizes}")
+        raise DistillError(
+            f"at most one of config.mesh.{{data,fsdp,tensor}} may be -1, got {sizes}")
     known = math.prod(size for size in sizes if size != -1)
     if -1 in sizes:
         if len(devices) % known:
@@ -67,7 +69,8 @@ def param_shardings(boxed_abstract_params, mesh: Mesh, rules: Rules, owner: str)
     if missing:
         raise DistillError(
             f"the {owner}'s parameters use logical axes {sorted(missing)} that"
-            f" config.sharding.{owner} does not map; add a rule such as ('{sorted(missing)[0]}', None)")
+            f" config.sharding.{owner} does not map; add a rule such as"
+            f" ('{sorted(missing)[0]}', None)")
     logical_specs = nn.get_partition_spec(boxed_abstract_params)
     mesh_specs = nn.logical_to_mesh(logical_specs, rules)
     abstract = nn.unbox(boxed_abstract_params)

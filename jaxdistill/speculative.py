@@ -28,7 +28,7 @@ import jax.numpy as jnp
 from jaxtyping import Array, Bool, Float, Int
 
 from jaxdistill.errors import DistillError
-from jaxdistill.generate import until_eos, filter_logits
+from jaxdistill.generate import filter_logits, until_eos
 from jaxdistill.models.llama import KVCache, Llama
 
 

@@ -19,25 +19,17 @@ class DistillState:
     opt_state: Any
     rng: jax.Array           # base key; each step folds in its step number
     ema_params: Any = None   # exponential moving average of params, when config.ema_decay > 0
-    # The student's params at the end of the previous epoch: the teacher of self-distillation
-    # methods (PS-KD). Part of the student's own state, so it is checkpointed, never optimized.
-    snapshot_params: Any = None
     # What a method carries from step to step outside the gradient (TAID's interpolation
-    # coefficient); checkpointed with the rest.
+    # coefficient, CD's target network, PS-KD's previous-epoch params); checkpointed with the rest.
     method_state: Any = None
 
 
-def create(params, optimizer, rng: jax.Array, ema: bool, snapshot: bool = False,
-           method_state: Any = None) -> DistillState:
-    def copy():
-        return jax.tree.map(lambda p: p.copy(), params)
-
+def create(params, optimizer, rng: jax.Array, ema: bool, method_state: Any = None) -> DistillState:
     return DistillState(
         step=jax.numpy.zeros((), jax.numpy.int32),
         params=params,
         opt_state=optimizer.init(params),
         rng=rng,
-        ema_params=copy() if ema else None,
-        snapshot_params=copy() if snapshot else None,
+        ema_params=jax.tree.map(lambda p: p.copy(), params) if ema else None,
         method_state=method_state,
     )

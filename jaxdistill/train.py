@@ -20,9 +20,10 @@ import numpy as np
 import tensorboardX
 import tqdm
 
-from jaxdistill import checkpoint, config as config_lib, data, distributed, evaluate, methods
+from jaxdistill import checkpoint, data, distributed, evaluate, memory, methods
+from jaxdistill import config as config_lib
 from jaxdistill.errors import NonFiniteLossError
-from jaxdistill.run import Run, build, format_bytes, format_memory
+from jaxdistill.run import Run, build
 
 
 class MetricWriter:
@@ -56,7 +57,8 @@ def _checked(pending: list[tuple[int, dict]], workdir: str, last_good: int | Non
     for step, metrics in fetched:
         loss = float(metrics["loss"])
         if not np.isfinite(loss):
-            kept = (f"the last good checkpoint (step {last_good}) in {workdir}/checkpoints is intact"
+            kept = (f"the last good checkpoint (step {last_good}) in {workdir}/checkpoints is"
+                    " intact"
                     if last_good is not None else "no checkpoint was written yet")
             raise NonFiniteLossError(
                 f"loss became {loss} at step {step}; training stopped and {kept}. Lower"
@@ -94,10 +96,10 @@ def _evaluate_all(run: Run, state, writer: MetricWriter, step: int) -> dict:
     return results
 
 
-def _print_memory(memory: dict[str, int]) -> None:
+def _print_memory(report: dict[str, int]) -> None:
     if jax.process_index() == 0:
-        print(f"memory/device (estimate, before compiling): {format_memory(memory)};"
-              f" total {format_bytes(sum(memory.values()))}", flush=True)
+        print(f"memory/device (estimate, before compiling): {memory.format_report(report)};"
+              f" total {memory.format_bytes(sum(report.values()))}", flush=True)
 
 
 def _print_summary(summary: dict) -> None:
@@ -124,10 +126,10 @@ def _batches_within_memory(run: Run, start: int):
     batches = (run.shard_batch(local) for local in data.train_iterator(
         config.data, config.batch_size, config.seed, start_batch=start))
     first_batch = next(batches)
-    memory = run.memory_report(first_batch)
-    _print_memory(memory)
-    run.check_memory(memory)
-    return itertools.chain([first_batch], batches), memory
+    report = run.memory_report(first_batch)
+    _print_memory(report)
+    run.check_memory(report)
+    return itertools.chain([first_batch], batches), report
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
@@ -140,7 +142,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
     checkpointer = checkpoint.Checkpointer(workdir, config.checkpoint)
     last_good = checkpointer.latest_step()
     start = last_good or 0
-    batches, memory = _batches_within_memory(run, start)
+    batches, memory_report = _batches_within_memory(run, start)
     state = (run.init() if last_good is None
              else checkpointer.restore(last_good, run.abstract_state()))
     end = config.total_steps if stop_after_steps is None else min(
@@ -184,6 +186,6 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
                "total_steps": config.total_steps, "wall_s": wall,
                "steps_per_s": (step - start) / wall,
                "preempted": preempted,
-               "train": train_metrics, "eval": eval_metrics, "memory": memory}
+               "train": train_metrics, "eval": eval_metrics, "memory": memory_report}
     _print_summary(summary)
     return summary

@@ -7,7 +7,8 @@ import sys
 
 import pytest
 
-from jaxdistill import cli, config as config_lib, methods
+from jaxdistill import cli, methods
+from jaxdistill import config as config_lib
 
 
 def _error_line(capsys, argv):
@@ -97,7 +98,8 @@ def test_console_script_trains_and_resumes(tmp_path, data_dir):
     with open(tmp_path / "metrics.jsonl") as f:
         steps = [json.loads(line)["step"] for line in f if '"split"' not in line]
     assert steps == [5, 10, 15, 20]
-    assert any(name.startswith("events.out.tfevents") for name in os.listdir(tmp_path / "tensorboard"))
+    assert any(name.startswith("events.out.tfevents")
+               for name in os.listdir(tmp_path / "tensorboard"))
 
 
 def test_resuming_with_another_model_is_refused(capsys, tmp_path, data_dir):

@@ -5,9 +5,11 @@ import ml_collections
 import numpy as np
 import pytest
 import tensorflow_datasets as tfds
+import tensorflow_datasets.core.data_sources.base  # noqa: F401  (patched below, loaded lazily by tfds)
 from sklearn.datasets import load_digits
 
-from jaxdistill import config as config_lib, data, train
+from jaxdistill import config as config_lib
+from jaxdistill import data, train
 from jaxdistill.data import sklearn_digits
 from jaxdistill.errors import DistillError
 

@@ -6,7 +6,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from jaxdistill import config as config_lib, evaluate, losses, train
+from jaxdistill import config as config_lib
+from jaxdistill import evaluate, losses, train
 from jaxdistill.errors import DistillError
 from jaxdistill.run import build
 

@@ -7,7 +7,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from jax.sharding import NamedSharding, PartitionSpec as P
+from jax.sharding import NamedSharding
+from jax.sharding import PartitionSpec as P
 
 from jaxdistill import losses
 from jaxdistill.errors import DistillError
@@ -167,3 +168,28 @@ def test_bad_arguments_fail_with_the_fix(bad, message):
     with pytest.raises(DistillError, match=message):
         fused.fused_linear_divergence(**{k: jnp.asarray(v) if isinstance(v, np.ndarray) else v
                                          for k, v in args.items()})
+
+
+def test_a_divergence_value_may_stand_for_kind_and_its_keywords():
+    *arrays, mask = (jnp.asarray(x) for x in _inputs(9))
+    arrays = [x.astype(jnp.float32) for x in arrays]
+    div = losses.Divergence("jsd", temperature=2.0, beta=0.3)
+    value = fused.fused_linear_divergence(*arrays, div, mask=mask, **BLOCKS)
+    want = fused.fused_linear_divergence(*arrays, "jsd", temperature=2.0, beta=0.3, mask=mask,
+                                         **BLOCKS)
+    assert float(value) == float(want)
+    with pytest.raises(DistillError, match="pass the settings inside the Divergence"):
+        fused.fused_linear_divergence(*arrays, div, beta=0.4)
+
+
+@pytest.mark.parametrize("implementation", ["xla", "pallas"])
+def test_a_kind_without_a_fused_implementation_fails(implementation, monkeypatch):
+    """A kind that passes validation but has no case in `entry_terms` must raise on every path,
+    value and gradient, never fall through to another kind's terms."""
+    monkeypatch.setattr(losses, "DIVERGENCES", (*losses.DIVERGENCES, "fake"))
+    arrays = [jnp.asarray(x, jnp.float32) for x in _inputs(10)[:4]]
+    loss = functools.partial(fused.fused_linear_divergence, kind="fake",
+                             implementation=implementation, interpret=True, **BLOCKS)
+    for compute in (loss, jax.grad(loss, argnums=(0, 1))):
+        with pytest.raises(DistillError, match="'fake' has no fused implementation"):
+            compute(*arrays)

@@ -10,7 +10,8 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import pytest
-from jax.sharding import NamedSharding, PartitionSpec as P
+from jax.sharding import NamedSharding
+from jax.sharding import PartitionSpec as P
 
 from jaxdistill import config as config_lib
 from jaxdistill import models, sharding

@@ -8,7 +8,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from jaxdistill import cli, config as config_lib, data, generate, train
+from jaxdistill import cache_teacher, cli, data, generate, methods, train
+from jaxdistill import config as config_lib
 from jaxdistill.errors import DistillError
 from jaxdistill.methods import adaspec, lm, taid
 from jaxdistill.run import build
@@ -32,6 +33,8 @@ def student_config(data_dir, lm_teacher_dir):
         config.data.data_dir = data_dir
         config.teacher.checkpoint = lm_teacher_dir
         config.checkpoint.async_save = False
+        config.method = updates.pop("method", config.method)
+        methods.with_settings(config)  # the settings of the method chosen here
         config.update_from_flattened_dict(updates)
         return config
     return load
@@ -58,7 +61,8 @@ def test_every_lm_method_trains_from_the_cli(method, flags, tmp_path, data_dir, 
     workdir = tmp_path / "run"
     cli.main(["train", "--config", "gkd_docs:smoke", "--workdir", str(workdir),
               f"--config.method={method}", f"--config.data.data_dir={data_dir}",
-              f"--config.teacher.checkpoint={lm_teacher_dir}", "--config.checkpoint.async_save=False",
+              f"--config.teacher.checkpoint={lm_teacher_dir}",
+              "--config.checkpoint.async_save=False",
               *flags])
     lines = [json.loads(line) for line in open(workdir / "metrics.jsonl")]
     train_lines = [line for line in lines if "split" not in line]
@@ -104,7 +108,7 @@ def test_taid_interpolates_between_student_and_teacher(student_config):
 
 
 def test_taid_schedule_follows_its_rule():
-    settings = config_lib.base().loss.taid
+    settings = methods.base_config("taid").loss.taid
     state = {"t": jnp.float32(0.4), "momentum": jnp.float32(0.0), "previous": jnp.float32(jnp.inf)}
     total = 10**6  # a slow linear schedule, so the adaptive steps show
     momentum = 0.0
@@ -238,8 +242,6 @@ def test_a_cache_without_the_training_split_is_refused(student_config, teacher_c
 
 
 def test_adding_a_split_at_another_temperature_is_refused(student_config, teacher_cache_dir):
-    from jaxdistill import teacher_cache
-
     config = student_config(**{"loss.temperature": 1.0})
     with pytest.raises(DistillError, match="other temperature"):
-        teacher_cache.write(config, teacher_cache_dir, 8, split="validation")
+        cache_teacher.write(config, teacher_cache_dir, 8, split="validation")

@@ -99,7 +99,8 @@ def test_cross_entropy_and_label_smoothing_match_reference():
     log_probs = np.log(_softmax64(logits, 1.0))
     plain = -log_probs[np.arange(5), labels].mean()
     smoothed = (0.9 * -log_probs[np.arange(5), labels] - 0.1 * log_probs.mean(-1)).mean()
-    np.testing.assert_allclose(float(losses.cross_entropy(jnp.asarray(logits), jnp.asarray(labels))),
+    np.testing.assert_allclose(
+        float(losses.cross_entropy(jnp.asarray(logits), jnp.asarray(labels))),
                                plain, rtol=1e-5)
     np.testing.assert_allclose(
         float(losses.cross_entropy(jnp.asarray(logits), jnp.asarray(labels), label_smoothing=0.1)),
@@ -172,7 +173,7 @@ def test_sparse_bucket_never_exceeds_the_dense_divergence():
     teacher = jnp.asarray(rng.normal(size=(64, 50)) * 2, jnp.float32)
     for k in (1, 5, 20):
         for kind in ("fkl", "rkl", "tvd"):
-            per_row = jax.vmap(lambda s, t: losses.sparse_divergence(
+            per_row = jax.vmap(lambda s, t, k=k, kind=kind: losses.sparse_divergence(
                 s, *losses.top_k_targets(t, k), kind))(student, teacher)
             dense = losses.pointwise_divergence(student, teacher, kind)
             assert np.all(np.asarray(per_row) <= np.asarray(dense) + 1e-6), (k, kind)
@@ -184,3 +185,52 @@ def test_sparse_targets_of_another_layout_fail_with_the_fix():
         losses.sparse_divergence(jnp.zeros((2, 10)), *targets, "fkl")
     with pytest.raises(DistillError, match="unknown tail"):
         losses.sparse_divergence(jnp.zeros((3, 10)), *targets, "fkl", tail="drop")
+
+
+@pytest.mark.parametrize("settings, message", [
+    ({"kind": "kl"}, "unknown divergence 'kl'; choose one of fkl, rkl, jsd, tvd, skl, srkl"),
+    ({"kind": "jsd", "beta": 1.0}, "use kind='fkl' or kind='rkl'"),
+    ({"kind": "rkl", "temperature": -1.0}, "temperature must be > 0"),
+    ({"kind": "srkl", "skew": -0.1}, "srkl needs skew alpha in [0, 1)"),
+])
+def test_divergence_value_checks_itself(settings, message):
+    with pytest.raises(DistillError, match=re.escape(message)):
+        losses.Divergence(**settings)
+
+
+def test_divergence_value_is_a_hashable_static_argument():
+    a = losses.Divergence("skl", 2, skew=np.float32(0.5))
+    b = losses.Divergence("skl", 2.0, 0.5, 0.5)
+    assert a == b and hash(a) == hash(b)
+    # Settings a kind does not use are not checked: jsd's beta means nothing to fkl.
+    assert losses.Divergence("fkl", beta=0.0).beta == 0.0
+
+
+def test_a_divergence_value_may_stand_for_kind_and_its_keywords():
+    rng = np.random.default_rng(4)
+    student = jnp.asarray(rng.normal(size=(3, 20)), jnp.float32)
+    teacher = jnp.asarray(rng.normal(size=(3, 20)), jnp.float32)
+    mask = jnp.array([True, False, True])
+    div = losses.Divergence("srkl", temperature=2.0, skew=0.3)
+    keywords = {"temperature": 2.0, "alpha": 0.3}
+    assert float(losses.divergence(student, teacher, div, mask=mask)) == float(
+        losses.divergence(student, teacher, "srkl", mask=mask, **keywords))
+    targets = losses.top_k_targets(teacher, 5, temperature=2.0)
+    assert float(losses.sparse_divergence(student, *targets, div, mask=mask)) == float(
+        losses.sparse_divergence(student, *targets, "srkl", mask=mask, **keywords))
+    with pytest.raises(DistillError, match="pass the settings inside the Divergence"):
+        losses.divergence(student, teacher, div, temperature=3.0)
+
+
+def test_a_kind_without_an_implementation_fails_instead_of_computing_another(monkeypatch):
+    """A kind that passes validation but has no case in the dispatch must raise, never fall
+    through to another kind's formula."""
+    monkeypatch.setattr(losses, "DIVERGENCES", (*losses.DIVERGENCES, "fake"))
+    logits = jnp.zeros((2, 4))
+    targets = losses.top_k_targets(logits, 2)
+    for compute in (lambda: losses.divergence(logits, logits, "fake"),
+                    lambda: losses.pointwise_divergence(logits, logits, "fake"),
+                    lambda: losses.sparse_divergence(logits, *targets, "fake"),
+                    lambda: jax.jit(losses.divergence, static_argnums=2)(logits, logits, "fake")):
+        with pytest.raises(DistillError, match="'fake' has no implementation in losses"):
+            compute()

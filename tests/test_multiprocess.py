@@ -42,7 +42,8 @@ def _start(workdir, data_dir, teacher_dir, settings, processes=2, devices_per_pr
     env = {**os.environ, "JAX_PLATFORMS": "cpu",
            "XLA_FLAGS": f"--xla_force_host_platform_device_count={devices_per_process}"}
     overrides = [f"--config.{key}={value}" for key, value in settings.items()]
-    command = [sys.executable, "-m", "jaxdistill.cli", "train", "--config", "hinton_kd_digits:smoke",
+    command = [sys.executable, "-m", "jaxdistill.cli", "train",
+               "--config", "hinton_kd_digits:smoke",
                "--workdir", str(workdir), "--no_progress", f"--config.data.data_dir={data_dir}",
                f"--config.teacher.checkpoint={teacher_dir}", *overrides, *extra_args]
     if processes == 1:

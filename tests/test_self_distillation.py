@@ -4,7 +4,8 @@ import jax
 import numpy as np
 import pytest
 
-from jaxdistill import config as config_lib, data, train
+from jaxdistill import config as config_lib
+from jaxdistill import data, train
 from jaxdistill.errors import DistillError
 from jaxdistill.run import build
 
@@ -49,7 +50,7 @@ def test_pskd_teacher_is_the_previous_epoch(smoke_config):
     snapshots, params = [], []
     for _ in range(config.total_steps):
         state, metrics = run.train_step(state, run.shard_batch(next(batches)))
-        snapshots.append(jax.tree.map(np.array, state.snapshot_params))
+        snapshots.append(jax.tree.map(np.array, state.method_state))
         params.append(jax.tree.map(np.array, state.params))
     initial = jax.tree.map(np.array, run.init().params)
     same = lambda a, b: all(jax.tree.leaves(jax.tree.map(np.array_equal, a, b)))  # noqa: E731

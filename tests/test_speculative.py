@@ -14,8 +14,13 @@ from scipy import stats
 from jaxdistill.errors import DistillError
 from jaxdistill.generate import generate
 from jaxdistill.models.llama import Llama
-from jaxdistill.speculative import (acceptance_rate, block_efficiency, expected_acceptance,
-                                    speculative_generate, verify)
+from jaxdistill.speculative import (
+    acceptance_rate,
+    block_efficiency,
+    expected_acceptance,
+    speculative_generate,
+    verify,
+)
 
 # Row 2 is a one-token prompt: the draft then has no second-last token to catch up on.
 PROMPTS = np.array([[5, 6, 7, 0, 0, 0, 0],

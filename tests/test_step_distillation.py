@@ -9,16 +9,18 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from jaxdistill import cli, config as config_lib, diffusion, methods, train
+from jaxdistill import cli, methods, train
+from jaxdistill import config as config_lib
+from jaxdistill.diffusion import distances, parameterizations, sampling
 from jaxdistill.errors import DistillError
-from jaxdistill.methods import ict, meanflow, scm
+from jaxdistill.methods import generative, ict, meanflow, scm
 from jaxdistill.run import build
 
 PARAMETERIZATIONS = ("edm", "trigflow", "flow")
 
 
 def _diffusion_config(name, **settings):
-    config = config_lib.base().diffusion
+    config = methods.base_config("denoising").diffusion
     config.parameterization = name
     config.update(settings)
     return config
@@ -31,6 +33,11 @@ def _ideal_raw(param, x, t, denoised):
     return (denoised - zero) / slope
 
 
+def _context(config, module):
+    """What a method's factory reads, for losses that read neither a teacher nor the dataset."""
+    return methods.Context(config=config, student=module, teacher=None, dataset=None)
+
+
 def _random(shape, seed):
     return jax.random.normal(jax.random.key(seed), shape)
 
@@ -39,7 +46,7 @@ def _random(shape, seed):
 def test_the_ideal_output_has_zero_loss_and_the_pair_velocity(name):
     """For one (data, noise) pair, the raw output that denoises exactly has zero training loss
     and its ODE velocity is the pair's dx_t/dt (checked by jvp of `noisy` along t)."""
-    param = diffusion.parameterization(_diffusion_config(name, sigma_data=0.7))
+    param = parameterizations.parameterization(_diffusion_config(name, sigma_data=0.7))
     x0, noise = _random((6, 3), 0), _random((6, 3), 1)
     t = param.sample_time(jax.random.key(2), 6)
     x_t = param.noisy(x0, noise, t)
@@ -56,7 +63,7 @@ def test_the_ode_of_the_exact_denoiser_converges_to_the_exact_map(name):
     then just rescales each noise draw by s/√(α²s² + σ²) at t_max. The samplers fed with the exact
     denoiser must approach that map as steps grow, Heun faster than Euler."""
     data_std = 0.6
-    param = diffusion.parameterization(_diffusion_config(name, sigma_data=0.5))
+    param = parameterizations.parameterization(_diffusion_config(name, sigma_data=0.5))
     alpha, sigma = _mixing(param)
 
     def velocity(x, t):
@@ -69,7 +76,7 @@ def test_the_ode_of_the_exact_denoiser_converges_to_the_exact_map(name):
     exact = x * data_std / jnp.sqrt(alpha(t_max) ** 2 * data_std ** 2 + sigma(t_max) ** 2)
 
     def error(steps, solver):
-        solved = diffusion.solve_ode(velocity, x, param.grid(steps), solver)
+        solved = sampling.solve_ode(velocity, x, param.grid(steps), solver)
         return float(jnp.max(jnp.abs(solved - exact)) / jnp.max(jnp.abs(exact)))
 
     heun = [error(steps, "heun") for steps in (4, 18, 100)]
@@ -89,13 +96,13 @@ def _mixing(param):
 
 
 def test_nfe_counts_heun_as_two_evaluations_but_the_last():
-    assert [diffusion.nfe(n, "heun") for n in (1, 2, 18)] == [1, 3, 35]
-    assert diffusion.nfe(4, "euler") == 4
-    assert diffusion.sampler_nfe("consistency", 2) == 2
+    assert [sampling.nfe(n, "heun") for n in (1, 2, 18)] == [1, 3, 35]
+    assert sampling.nfe(4, "euler") == 4
+    assert sampling.nfe(2, "consistency") == 2
 
 
 def test_consistency_function_is_the_identity_at_the_smallest_noise():
-    param = diffusion.parameterization(_diffusion_config("edm"))
+    param = parameterizations.parameterization(_diffusion_config("edm"))
     x = _random((4, 2), 0)
     t = jnp.full((4,), param.sigma_min)
     np.testing.assert_allclose(param.consistency_from_raw(_random((4, 2), 1), x, t), x,
@@ -104,13 +111,13 @@ def test_consistency_function_is_the_identity_at_the_smallest_noise():
 
 def test_sliced_wasserstein_is_zero_for_equal_sets_and_sees_a_shift():
     points = np.random.default_rng(0).normal(size=(4000, 2))
-    assert diffusion.sliced_wasserstein(points, points[::-1]) == pytest.approx(0.0, abs=1e-12)
+    assert distances.sliced_wasserstein(points, points[::-1]) == pytest.approx(0.0, abs=1e-12)
     # A shift c moves each 1-D projection by c·u; over unit directions E[(c·u)²] = ‖c‖²/2.
     shift = np.array([0.3, -0.4])
-    assert diffusion.sliced_wasserstein(points + shift, points) == pytest.approx(
+    assert distances.sliced_wasserstein(points + shift, points) == pytest.approx(
         0.5 / np.sqrt(2), rel=0.03)
     with pytest.raises(DistillError, match="equal sets"):
-        diffusion.sliced_wasserstein(points, points[:10])
+        distances.sliced_wasserstein(points, points[:10])
 
 
 def test_frechet_distance_of_gaussians_matches_the_closed_form():
@@ -118,8 +125,8 @@ def test_frechet_distance_of_gaussians_matches_the_closed_form():
     rng = np.random.default_rng(0)
     a = rng.normal(size=(40_000, 3))
     b = 0.5 * rng.normal(size=(40_000, 3)) + np.array([1.0, -1.0, 0.0])
-    assert diffusion.frechet_distance(a, b) == pytest.approx(2.0 + 3 * 0.25, rel=0.02)
-    assert diffusion.frechet_distance(a, a) == pytest.approx(0.0, abs=1e-6)
+    assert distances.frechet_distance(a, b) == pytest.approx(2.0 + 3 * 0.25, rel=0.02)
+    assert distances.frechet_distance(a, a) == pytest.approx(0.0, abs=1e-6)
 
 
 def test_dit_attention_through_the_flash_kernel_equals_naive():
@@ -148,7 +155,7 @@ def test_ict_curriculum_doubles_from_s0_to_s1():
 
 
 def test_ict_level_distribution_is_the_discretised_lognormal():
-    param = diffusion.parameterization(_diffusion_config("edm", p_mean=-1.1, p_std=2.0))
+    param = parameterizations.parameterization(_diffusion_config("edm", p_mean=-1.1, p_std=2.0))
     sigmas = ict.karras_levels(param, 11, 1281)
     probabilities = jax.nn.softmax(ict.level_logits(param, sigmas, 11))
     assert np.all(np.asarray(probabilities[10:]) == 0)
@@ -160,7 +167,7 @@ def test_ict_level_distribution_is_the_discretised_lognormal():
 
 
 def test_meanflow_time_pairs_are_ordered_with_the_given_share_apart():
-    param = diffusion.parameterization(_diffusion_config("flow", p_mean=-0.4, p_std=1.0))
+    param = parameterizations.parameterization(_diffusion_config("flow", p_mean=-0.4, p_std=1.0))
     r, t = meanflow.time_pairs(param, jax.random.key(0), 20_000, 0.25)
     assert np.all(r <= t)
     assert np.mean(r < t) == pytest.approx(0.25, abs=0.01)
@@ -195,7 +202,7 @@ def test_meanflow_loss_vanishes_for_the_true_average_velocity():
     for offset, expect_zero in ((0.0, True), (0.3, False)):
         module = _ExactAverageVelocity(offset=offset, time_scale=config.diffusion.time_scale)
         params = module.init(jax.random.key(0), batch["x"], jnp.ones(64))
-        loss, _ = meanflow.make_loss(config, module, None)(
+        loss, _ = meanflow.make_loss(_context(config, module))(
             params, None, batch, jax.random.key(1), 0)
         assert (float(loss) < 1e-8) == expect_zero, float(loss)
 
@@ -213,7 +220,7 @@ def test_scm_tangent_is_the_time_derivative_along_the_trajectory():
     """cos t·sin t·dF/dt from the scaled JVP equals a central finite difference of F along
     x_t + h·dx_t/dt, t + h (float64 params), with F fed as the parameterization feeds it."""
     config = config_lib.load("scm2024:smoke")
-    param = diffusion.parameterization(config.diffusion)
+    param = parameterizations.parameterization(config.diffusion)
     module = build_module(config)
     x = _random((5, 2), 0)
     t = jnp.linspace(0.2, 1.4, 5)
@@ -223,7 +230,7 @@ def test_scm_tangent_is_the_time_derivative_along_the_trajectory():
             jax.random.key(1), x, jnp.ones(5))), 3)
         x, t, dxdt = (a.astype(jnp.float64) for a in (x, t, dxdt))
         _, scaled = scm.target_and_tangent(module, params, param, x, t, dxdt, None)
-        net = diffusion.network(module, params, train=True)
+        net = sampling.network(module, params, train=True)
 
         def frozen(x, t):
             return param.raw(net, x, t).astype(jnp.float64)
@@ -252,9 +259,9 @@ class _PolynomialVelocity(nn.Module):
 def test_meanflow_derivative_moves_both_times_with_t(time_scale):
     """du/dt along (v, 0, 1) of u = z·t² + r·t is v·t² + 2·z·t + r: the JVP must carry t
     through both of the network's time inputs, at any time_scale."""
-    param = diffusion.parameterization(_diffusion_config("flow", time_scale=time_scale))
+    param = parameterizations.parameterization(_diffusion_config("flow", time_scale=time_scale))
     module = _PolynomialVelocity(time_scale)
-    net = diffusion.network(module, {})
+    net = sampling.network(module, {})
     z, v = _random((4, 2), 0), _random((4, 2), 1)
     r, t = jnp.array([0.1, 0.2, 0.0, 0.5]), jnp.array([0.3, 0.9, 0.7, 0.5])
     u, dudt = meanflow.velocity_derivative(param, net, z, r, t, v)
@@ -271,8 +278,8 @@ def test_a_nonfinite_target_row_costs_neither_loss_nor_gradient():
 
     def loss(w, rows):
         online = x[rows] * w
-        guarded, ok = diffusion.guard_target(target[rows], online)
-        return diffusion.finite_mean(jnp.sum((online - guarded) ** 2, -1), ok)[0]
+        guarded, ok = generative.guard_target(target[rows], online)
+        return generative.finite_mean(jnp.sum((online - guarded) ** 2, -1), ok)[0]
 
     value, grad = jax.value_and_grad(loss)(1.5, jnp.arange(4))
     clean_value, clean_grad = jax.value_and_grad(loss)(1.5, jnp.array([0, 1, 3]))
@@ -307,7 +314,7 @@ def test_methods_refuse_settings_they_cannot_use(name, updates, match):
     config = config_lib.load(f"{name}:smoke")
     config.update_from_flattened_dict(updates)
     with pytest.raises(DistillError, match=match):
-        methods.get(config.method).make_loss(config, build_module(config), None)
+        methods.get(config.method).make_loss(_context(config, build_module(config)))
 
 
 @pytest.mark.parametrize("updates, match", [
@@ -390,14 +397,14 @@ def test_student_starts_as_the_teacher_and_keeps_its_own_heads(smoke_config, tea
     teacher lacks, keeps its initialisation."""
     from flax import traverse_util
 
-    from jaxdistill import checkpoint
+    from jaxdistill import loading
 
     config = smoke_config("scm2024")
     config.teacher.checkpoint = teachers["trigflow"]
     state = build(config).init()
     student = traverse_util.flatten_dict(jax.device_get(state.params))
-    teacher = traverse_util.flatten_dict(jax.device_get(checkpoint.load_model(
-        teachers["trigflow"])[1]))
+    teacher = traverse_util.flatten_dict(jax.device_get(loading.run(
+        teachers["trigflow"]).params))
     assert set(teacher) < set(student)
     for path, weight in teacher.items():
         np.testing.assert_array_equal(student[path], weight)

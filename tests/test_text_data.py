@@ -3,8 +3,10 @@
 import numpy as np
 import pytest
 
-from jaxdistill import config as config_lib, data
+from jaxdistill import config as config_lib
+from jaxdistill import data
 from jaxdistill.data import bundled_docs, cpython_docs, lm_formats, text_tokenizers
+from jaxdistill.data import text as data_text
 from jaxdistill.errors import DistillError
 
 PAD, BOS, EOS = 0, 1, 2
@@ -74,7 +76,7 @@ def test_bpe_has_n_tokens_trains_once_on_train_deterministically_and_round_trips
     tokenizer = data.tokenizer(docs)
     assert tokenizer.get_vocab_size() == data.spec(docs).vocab_size == 1024
     assert [tokenizer.token_to_id(t) for t in ("<pad>", "<bos>", "<eos>")] == [PAD, BOS, EOS]
-    saved = data._builder(docs).data_path / "bpe-1024" / "tokenizer.json"
+    saved = data.builder(docs).data_path / "bpe-1024" / "tokenizer.json"
     retrained = text_tokenizers.byte_level_bpe(1024, _documents(docs, "train").values())
     assert saved.read_text() == retrained.to_str() == tokenizer.to_str()
     for text in _documents(docs, "validation").values():
@@ -119,7 +121,7 @@ def test_packed_rows_predict_each_next_token_within_its_own_piece(docs):
     for targets, inputs, positions in _pieces(rows):
         np.testing.assert_array_equal(positions, np.arange(len(targets)))
         np.testing.assert_array_equal(inputs, np.concatenate([[BOS], targets[:-1]]))
-    data._lm_rows_of.cache_clear()
+    data_text._lm_rows_of.cache_clear()
     for key, value in data.reader(docs, "test")[1](np.arange(size)).items():
         np.testing.assert_array_equal(value, rows[key])  # rebuilt identically
 

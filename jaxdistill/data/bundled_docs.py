@@ -10,10 +10,11 @@ blocks depend on it. Modules without docstrings give empty documents, which are 
 from __future__ import annotations
 
 import re
+from typing import ClassVar
 
 import tensorflow_datasets as tfds
 
-from jaxdistill.data.cpython_docs import BUILDER_CONFIG, SPLIT_BUCKETS, documents, split_of
+from jaxdistill.data.cpython_docs import SPLIT_BUCKETS, BundledTextBuilder, documents, split_of
 
 
 def normalise(text: str) -> str:
@@ -30,26 +31,11 @@ def corpus() -> dict[str, dict[str, str]]:
     return splits
 
 
-class BundledDocs(tfds.core.GeneratorBasedBuilder):
+class BundledDocs(BundledTextBuilder, tfds.core.GeneratorBasedBuilder):
     """Documents of CPython's bundled documentation (pydoc topics and stdlib docstrings)."""
 
-    VERSION = tfds.core.Version("1.0.0")
-    RELEASE_NOTES = {"1.0.0": "Initial release."}
-    BUILDER_CONFIGS = [BUILDER_CONFIG]
-
-    def _info(self) -> tfds.core.DatasetInfo:
-        return tfds.core.DatasetInfo(
-            builder=self,
-            description=__doc__,
-            features=tfds.features.FeaturesDict({
-                "name": tfds.features.Text(),
-                "text": tfds.features.Text(),
-            }),
-        )
-
-    def _split_generators(self, dl_manager):
-        del dl_manager  # the text ships with Python
-        return {split: self._generate_examples(docs) for split, docs in corpus().items()}
+    FEATURES: ClassVar[dict[str, tfds.features.FeatureConnector]] = {
+        "name": tfds.features.Text(), "text": tfds.features.Text()}
 
     def _generate_examples(self, docs: dict[str, str]):
         for name, text in docs.items():

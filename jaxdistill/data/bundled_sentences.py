@@ -10,11 +10,12 @@ order).
 from __future__ import annotations
 
 import re
-from typing import Iterator
+from collections.abc import Iterator
+from typing import ClassVar
 
 import tensorflow_datasets as tfds
 
-from jaxdistill.data.cpython_docs import BUILDER_CONFIG, SPLIT_BUCKETS, documents, split_of
+from jaxdistill.data.cpython_docs import SPLIT_BUCKETS, BundledTextBuilder, documents, split_of
 
 _SENTENCE_END = re.compile(r"(?<=[.!?])\s+(?=[A-Z])")
 
@@ -42,28 +43,12 @@ def corpus() -> dict[str, list[tuple[str, str]]]:
     return splits
 
 
-class BundledSentences(tfds.core.GeneratorBasedBuilder):
+class BundledSentences(BundledTextBuilder, tfds.core.GeneratorBasedBuilder):
     """Sentences from CPython's bundled documentation (pydoc topics and stdlib docstrings)."""
 
-    VERSION = tfds.core.Version("1.0.0")
-    RELEASE_NOTES = {"1.0.0": "Initial release."}
-    BUILDER_CONFIGS = [BUILDER_CONFIG]
+    FEATURES: ClassVar[dict[str, tfds.features.FeatureConnector]] = {
+        "text": tfds.features.Text(), "document": tfds.features.Text()}
 
-    def _info(self) -> tfds.core.DatasetInfo:
-        return tfds.core.DatasetInfo(
-            builder=self,
-            description=__doc__,
-            features=tfds.features.FeaturesDict({
-                "text": tfds.features.Text(),
-                "document": tfds.features.Text(),
-            }),
-        )
-
-    def _split_generators(self, dl_manager):
-        del dl_manager  # the text ships with Python
-        splits = corpus()
-        return {split: self._generate_examples(rows) for split, rows in splits.items()}
-
-    def _generate_examples(self, rows):
+    def _generate_examples(self, rows: list[tuple[str, str]]):
         for index, (document, sentence) in enumerate(rows):
             yield index, {"text": sentence, "document": document}

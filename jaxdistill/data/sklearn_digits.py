@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import numpy as np
 import tensorflow_datasets as tfds
+from sklearn.datasets import load_digits
+from sklearn.model_selection import train_test_split
 
 _SPLIT_SEED = 0
 _TEST_FRACTION = 0.2
@@ -15,8 +17,6 @@ _VALIDATION_FRACTION = 0.1
 
 
 def _split_indices(labels: np.ndarray) -> dict[str, np.ndarray]:
-    from sklearn.model_selection import train_test_split
-
     indices = np.arange(len(labels))
     rest, test = train_test_split(
         indices, test_size=_TEST_FRACTION, stratify=labels, random_state=_SPLIT_SEED)
@@ -49,8 +49,6 @@ class SklearnDigits(tfds.core.GeneratorBasedBuilder):
         return {name: self._generate_examples(name) for name in ("train", "validation", "test")}
 
     def _generate_examples(self, split: str):
-        from sklearn.datasets import load_digits
-
         digits = load_digits()
         images = np.round(digits.images * (255.0 / 16.0)).astype(np.uint8)[..., None]
         for index in _split_indices(digits.target)[split]:

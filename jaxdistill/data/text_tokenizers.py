@@ -21,6 +21,7 @@ from etils import epath
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
 from jaxdistill.errors import DistillError
+from jaxdistill.models import pretrained
 
 SPECIAL_TOKENS = ("<pad>", "<bos>", "<eos>")
 BYTE_VOCAB_SIZE = len(SPECIAL_TOKENS) + 256
@@ -77,8 +78,6 @@ def load(name: str, directory: epath.Path,
          train_texts: Callable[[], Iterable[str]]) -> Tokenizer:
     """The tokenizer `name` (see the module doc); `bpe:N` is trained on `train_texts()` the first
     time and saved under `directory` (the prepared dataset's)."""
-    from jaxdistill.models import pretrained
-
     if not name:
         raise DistillError("a text dataset needs config.data.tokenizer: 'byte', 'bpe:N' (trained"
                            " on the dataset), or a pretrained model's name or directory (its"

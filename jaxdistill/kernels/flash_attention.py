@@ -292,6 +292,7 @@ def _xla_backward(cfg: Config, q, k, v, out, lse, d_out):
 
 def _path(cfg: Config):
     if cfg.implementation == "pallas":
+        # Imported here: the Pallas module imports this one, and the XLA path never loads Pallas.
         from jaxdistill.kernels import flash_attention_pallas
 
         return flash_attention_pallas
@@ -521,7 +522,8 @@ def flash_attention(
     `causal` (causal query i sees keys 0..i). `implementation`: "auto" (Pallas on GPU/TPU, the
     chunked XLA path elsewhere), "xla", "pallas", or "pallas_interpret" (the Pallas kernels in
     interpret mode, for CPU tests). Blocks must divide the sequence lengths; Pallas GPU blocks
-    are powers of two (default 64, 32 when D·itemsize > 256 bytes), Pallas TPU blocks multiples of 128 (default 128), XLA blocks
+    are powers of two (default 64, 32 when D·itemsize > 256 bytes), Pallas TPU blocks multiples
+    of 128 (default 128), XLA blocks
     any divisor (default: a power of two up to 512 dividing S, smaller when B·H is large).
     """
     _check_args(q, k, v, causal)

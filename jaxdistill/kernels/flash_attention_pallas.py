@@ -26,8 +26,18 @@ from jax.experimental import pallas as pl
 # Imported by name: the package exports the function `flash_attention`, which shadows this
 # module's name as an attribute of `jaxdistill.kernels`.
 from jaxdistill.kernels.flash_attention import (
-    backward_scores, causal_keep, causal_kv_blocks, dot_nn, dot_tn, forward_finish, forward_init,
-    forward_step, jvp_finish, jvp_init, jvp_step)
+    backward_scores,
+    causal_keep,
+    causal_kv_blocks,
+    dot_nn,
+    dot_tn,
+    forward_finish,
+    forward_init,
+    forward_step,
+    jvp_finish,
+    jvp_init,
+    jvp_step,
+)
 
 
 def _keep(cfg, q_block, kv_block):

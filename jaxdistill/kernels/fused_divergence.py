@@ -47,44 +47,47 @@ _CHUNK_BYTES = 32 * 2**20
 class Spec:
     """The static settings of one fused divergence (hashable, so jit and custom_vjp key on it)."""
 
-    kind: str
-    temperature: float = 1.0
-    beta: float = 0.5
-    alpha: float = 0.1
+    divergence: losses.Divergence
     implementation: str = "xla"
     block_tokens: int = 0  # 0: chosen from the vocabulary size
     block_vocab: int = 512  # Pallas only: vocabulary columns streamed per step
     interpret: bool = False
 
 
-def entry_terms(spec: Spec, log_p: Array, log_q: Array) -> tuple[Array, Array]:
+def entry_terms(div: losses.Divergence, log_p: Array, log_q: Array) -> tuple[Array, Array]:
     """(v, w) per vocabulary entry: ℓ = Σ v, and w = q·∂ℓ/∂q up to a multiple of q.
 
-    Terms are selected before multiplying, so an entry with zero mass contributes exactly 0 to
-    the value and to the gradient (no 0·∞).
+    One explicit case per kind, an error for any other. Terms are selected before multiplying,
+    so an entry with zero mass contributes exactly 0 to the value and to the gradient (no 0·∞).
     """
     p, q = jnp.exp(log_p), jnp.exp(log_q)
 
     def times(mass, log_ratio):
         return jnp.where(mass > 0, mass * log_ratio, 0.0)
 
-    if spec.kind == "fkl":
-        return times(p, log_p - log_q), -p
-    if spec.kind == "rkl":
-        value = times(q, log_q - log_p)
-        return value, value
-    if spec.kind == "jsd":
-        log_m = losses.log_mix(spec.beta, log_p, log_q)
-        student_part = times(q, log_q - log_m)
-        return spec.beta * times(p, log_p - log_m) + (1 - spec.beta) * student_part, \
-            (1 - spec.beta) * student_part
-    if spec.kind == "tvd":
-        return 0.5 * jnp.abs(p - q), 0.5 * q * jnp.sign(q - p)
-    if spec.kind == "skl":
-        log_m = losses.log_mix(spec.alpha, log_p, log_q)
-        return times(p, log_p - log_m), -(1 - spec.alpha) * q * jnp.exp(log_p - log_m)
-    log_m = losses.log_mix(spec.alpha, log_q, log_p)  # srkl
-    return times(q, log_q - log_m), times(q, log_q - log_m) - spec.alpha * q * jnp.exp(log_q - log_m)
+    match div.kind:
+        case "fkl":
+            return times(p, log_p - log_q), -p
+        case "rkl":
+            value = times(q, log_q - log_p)
+            return value, value
+        case "jsd":
+            log_m = losses.log_mix(div.beta, log_p, log_q)
+            student_part = times(q, log_q - log_m)
+            return (div.beta * times(p, log_p - log_m) + (1 - div.beta) * student_part,
+                    (1 - div.beta) * student_part)
+        case "tvd":
+            return 0.5 * jnp.abs(p - q), 0.5 * q * jnp.sign(q - p)
+        case "skl":
+            log_m = losses.log_mix(div.skew, log_p, log_q)
+            return times(p, log_p - log_m), -(1 - div.skew) * q * jnp.exp(log_p - log_m)
+        case "srkl":
+            log_m = losses.log_mix(div.skew, log_q, log_p)
+            value = times(q, log_q - log_m)
+            return value, value - div.skew * q * jnp.exp(log_q - log_m)
+        case _:
+            raise DistillError(f"divergence {div.kind!r} has no fused implementation;"
+                               " add a case to kernels.fused_divergence.entry_terms")
 
 
 def logits(hidden: Array, head: Array, temperature: float) -> Float[Array, "n v"]:
@@ -95,14 +98,15 @@ def logits(hidden: Array, head: Array, temperature: float) -> Float[Array, "n v"
 def _xla_chunk(spec: Spec, with_grads: bool, student_hidden, student_head, teacher_hidden,
                teacher_head, weights):
     """One chunk of tokens, whole vocabulary: Σ weighted value, and dℓ/dh_s, dℓ/dW_s if asked."""
-    log_q = jax.nn.log_softmax(logits(student_hidden, student_head, spec.temperature), axis=-1)
-    log_p = jax.nn.log_softmax(logits(teacher_hidden, teacher_head, spec.temperature), axis=-1)
-    values, scores = entry_terms(spec, log_p, log_q)
+    temperature = spec.divergence.temperature
+    log_q = jax.nn.log_softmax(logits(student_hidden, student_head, temperature), axis=-1)
+    log_p = jax.nn.log_softmax(logits(teacher_hidden, teacher_head, temperature), axis=-1)
+    values, scores = entry_terms(spec.divergence, log_p, log_q)
     value = jnp.sum(jnp.sum(values, -1) * weights)
     if not with_grads:
         return value, None, None
     grad_logits = (scores - jnp.exp(log_q) * jnp.sum(scores, -1, keepdims=True))
-    grad_logits *= (weights / spec.temperature)[:, None]
+    grad_logits *= (weights / temperature)[:, None]
     grad_logits = grad_logits.astype(student_head.dtype)
     grad_hidden = jnp.dot(grad_logits, student_head.T, preferred_element_type=jnp.float32)
     grad_head = jnp.dot(student_hidden.T, grad_logits, preferred_element_type=jnp.float32)
@@ -146,6 +150,8 @@ def _xla_forward(spec: Spec, student_hidden, student_head, teacher_hidden, teach
 
 def _forward(spec: Spec, *args, with_grads: bool):
     if spec.implementation == "pallas":
+        # Imported on first use: that module imports this one (for `logits` and `entry_terms`),
+        # and the XLA path, the default, never needs jax.experimental.pallas loaded.
         from jaxdistill.kernels import fused_divergence_pallas
 
         return fused_divergence_pallas.forward(spec, *args, with_grads=with_grads)
@@ -187,8 +193,9 @@ def _check_shapes(student_hidden, student_head, teacher_hidden, teacher_head, ma
     for owner, hidden, head in (("student", student_hidden, student_head),
                                 ("teacher", teacher_hidden, teacher_head)):
         if head.ndim != 2 or head.shape[0] != hidden.shape[1]:
-            raise DistillError(f"the {owner} head {head.shape} must be [width={hidden.shape[1]},"
-                               " vocab]; pass the output projection (the tied embedding transposed)")
+            raise DistillError(
+                f"the {owner} head {head.shape} must be [width={hidden.shape[1]}, vocab];"
+                " pass the output projection (the tied embedding transposed)")
     if student_head.shape[1] != teacher_head.shape[1]:
         raise DistillError(
             f"student vocabulary {student_head.shape[1]} != teacher vocabulary"
@@ -202,7 +209,7 @@ def fused_linear_divergence(
     student_head: Float[Array, "width vocab"],
     teacher_hidden: Float[Array, "tokens teacher_width"],
     teacher_head: Float[Array, "teacher_width vocab"],
-    kind: str,
+    kind: str | losses.Divergence,
     *,
     temperature: float = 1.0,
     beta: float = 0.5,
@@ -215,19 +222,20 @@ def fused_linear_divergence(
 ) -> Float[Array, ""]:
     """`losses.divergence(h_s @ W_s, h_t @ W_t, kind, ...)`: the mean over unmasked tokens.
 
-    `implementation`: "xla" (also what "auto" picks, see the module docstring) or "pallas";
-    `interpret=True` runs the Pallas kernels on CPU. Gradients flow to the student's hidden states and head; the
-    teacher's arguments get zero gradients (the teacher is never trained).
+    `kind` is a kind name with its keyword settings, or a `losses.Divergence` carrying its own
+    (the keywords then keep their defaults). `implementation`: "xla" (also what "auto" picks, see
+    the module docstring) or "pallas"; `interpret=True` runs the Pallas kernels on CPU.
+    Gradients flow to the student's hidden states and head; the teacher's arguments get zero
+    gradients (the teacher is never trained).
     """
-    losses.check_divergence_args(kind, temperature, beta, alpha)
+    div = losses.as_divergence(kind, temperature, beta, alpha)
     _check_shapes(student_hidden, student_head, teacher_hidden, teacher_head, mask)
     if implementation not in IMPLEMENTATIONS:
         raise DistillError(f"unknown implementation {implementation!r}; choose one of"
                            f" {', '.join(IMPLEMENTATIONS)}")
     if implementation == "auto":
         implementation = "xla"
-    spec = Spec(kind, float(temperature), float(beta), float(alpha), implementation,
-                block_tokens, block_vocab, interpret)
+    spec = Spec(div, implementation, block_tokens, block_vocab, interpret)
     num_tokens = student_hidden.shape[0]
     mask = jnp.ones((num_tokens,), jnp.float32) if mask is None else mask.astype(jnp.float32)
     weights = mask / jnp.maximum(jnp.sum(mask), 1.0)
@@ -238,8 +246,9 @@ def fused_linear_divergence(
     return _fused(spec, student_hidden, student_head, teacher_hidden, teacher_head, weights)
 
 
-def reference(student_hidden, student_head, teacher_hidden, teacher_head, kind, *,
-              temperature=1.0, beta=0.5, alpha=0.1, mask=None) -> Float[Array, ""]:
+def reference(student_hidden, student_head, teacher_hidden, teacher_head,
+              kind: str | losses.Divergence, *, temperature=1.0, beta=0.5, alpha=0.1,
+              mask=None) -> Float[Array, ""]:
     """The unfused computation the kernel must equal: materialized logits, then `divergence`."""
     dtype = jnp.promote_types(student_hidden.dtype, jnp.float32)
     return losses.divergence(

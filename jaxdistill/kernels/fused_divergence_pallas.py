@@ -30,16 +30,17 @@ def _block_logits(spec, student_hidden, teacher_hidden, student_cols, teacher_co
                   vocab):
     """Student and teacher log-space logits of one block, -inf past the real vocabulary."""
     valid = first_col + jax.lax.broadcasted_iota(jnp.int32, (1, student_cols.shape[1]), 1) < vocab
-    student = fused.logits(student_hidden, student_cols, spec.temperature)
-    teacher = fused.logits(teacher_hidden, teacher_cols, spec.temperature)
+    student = fused.logits(student_hidden, student_cols, spec.divergence.temperature)
+    teacher = fused.logits(teacher_hidden, teacher_cols, spec.divergence.temperature)
     return jnp.where(valid, student, -jnp.inf), jnp.where(valid, teacher, -jnp.inf), valid
 
 
 def _grad_logits(spec, student, teacher, valid, lse_student, lse_teacher, score_sum, weights):
     """dℓ/dz_s for one block, weighted per token (z_s here are the unscaled logits)."""
     log_q, log_p = student - lse_student[:, None], teacher - lse_teacher[:, None]
-    _, scores = fused.entry_terms(spec, log_p, log_q)
-    grad = (scores - jnp.exp(log_q) * score_sum[:, None]) * (weights / spec.temperature)[:, None]
+    _, scores = fused.entry_terms(spec.divergence, log_p, log_q)
+    weights = weights / spec.divergence.temperature
+    grad = (scores - jnp.exp(log_q) * score_sum[:, None]) * weights[:, None]
     return jnp.where(valid, grad, 0.0)
 
 
@@ -72,7 +73,7 @@ def _token_kernel(spec, vocab, with_grads, student_hidden_ref, student_head_ref,
     def value_and_scores(j, carry):
         student, teacher, valid = block(j)
         values, scores = fused.entry_terms(
-            spec, teacher - lse_teacher[:, None], student - lse_student[:, None])
+            spec.divergence, teacher - lse_teacher[:, None], student - lse_student[:, None])
         return (carry[0] + jnp.sum(jnp.where(valid, values, 0.0), 1),
                 carry[1] + jnp.sum(jnp.where(valid, scores, 0.0), 1))
 

@@ -21,7 +21,7 @@ import jax.numpy as jnp
 
 from jaxdistill import losses
 from jaxdistill.errors import DistillError
-from jaxdistill.methods import lm, register
+from jaxdistill.methods import Context, lm, merge_settings, register
 from jaxdistill.models import llama
 
 
@@ -33,10 +33,11 @@ def largest(scores: jax.Array, mask: jax.Array, fraction: float) -> jax.Array:
     return ((rank < keep) & (flat_scores > -jnp.inf)).reshape(scores.shape).astype(jnp.float32)
 
 
-@register("adaspec")
-def make_loss(config, student, teacher):
-    divergence = lm.TokenDivergence(config.loss, student, teacher)
-    fraction = config.loss.keep_fraction
+@register("adaspec", tasks=("lm",),
+          settings=merge_settings(lm.SETTINGS, {"loss": {"keep_fraction": 0.4}}))
+def make_loss(ctx: Context):
+    divergence = lm.TokenDivergence(ctx.config.loss, ctx.student, ctx.teacher)
+    fraction = ctx.config.loss.keep_fraction
     if not 0.0 < fraction <= 1.0:
         raise DistillError(f"config.loss.keep_fraction must lie in (0, 1], got {fraction}")
     if divergence.fused:

@@ -12,7 +12,7 @@ from __future__ import annotations
 import dataclasses
 
 from jaxdistill.errors import DistillError
-from jaxdistill.methods import kd, register
+from jaxdistill.methods import Context, kd, register
 
 # Regularisation may differ between generations; the architecture may not.
 _NOT_ARCHITECTURE = ("parent", "name", "dropout", "input_dropout")
@@ -29,11 +29,12 @@ def architecture(module) -> tuple:
         if f.name not in _NOT_ARCHITECTURE)
 
 
-@register("born_again")
-def make_loss(config, student, teacher):
+@register("born_again", tasks=("classification",), settings=kd.SETTINGS)
+def make_loss(ctx: Context):
+    student, teacher = ctx.student, ctx.teacher
     if architecture(student) != architecture(teacher):
         raise DistillError(
             f"born_again needs the student to share the teacher's architecture, but the student is"
             f" {architecture(student)} and the teacher {architecture(teacher)}; use method 'kd' to"
             " distil into another architecture")
-    return kd.make_loss(config, student, teacher)
+    return kd.make_loss(ctx)

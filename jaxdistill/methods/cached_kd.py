@@ -10,23 +10,24 @@ compared with them by τ² × `losses.sparse_divergence` (config.loss.divergence
 
 from __future__ import annotations
 
-from jaxdistill import losses, teacher_cache
+from jaxdistill.data import teacher_targets
 from jaxdistill.errors import DistillError
-from jaxdistill.methods import lm, register
+from jaxdistill.methods import Context, lm, register
 
 
-@register("cached_kd", needs_teacher=False)
-def make_loss(config, student, teacher):
-    del teacher
+@register("cached_kd", teacher="none", tasks=("lm",), settings=lm.SETTINGS)
+def make_loss(ctx: Context):
+    config, student = ctx.config, ctx.student
     if not config.data.teacher_cache:
         raise DistillError("method 'cached_kd' reads offline teacher targets: set"
                            " config.data.teacher_cache to a `jaxdistill cache-teacher` directory")
-    recorded = teacher_cache.metadata(config.data)
-    settings = lm.divergence_settings(config.loss)
-    if recorded["temperature"] != settings["temperature"]:
+    recorded = teacher_targets.metadata(config.data)
+    divergence = lm.TokenDivergence(config.loss, student, None)
+    temperature = divergence.divergence.temperature
+    if recorded["temperature"] != temperature:
         raise DistillError(
             f"the teacher cache holds targets at temperature {recorded['temperature']} but"
-            f" config.loss.temperature is {settings['temperature']}; set it to"
+            f" config.loss.temperature is {temperature}; set it to"
             f" {recorded['temperature']} or rebuild the cache")
     if config.data.train_split not in recorded["splits"]:
         raise DistillError(
@@ -38,16 +39,14 @@ def make_loss(config, student, teacher):
             f"the teacher cache was made by a teacher with a vocabulary of"
             f" {recorded['vocab_size']} tokens but the student has {config.student.vocab_size};"
             " distil between models that share a tokenizer")
-    kind, tail, ce_weight = config.loss.divergence, config.loss.tail, config.loss.ce_weight
-    scale = settings["temperature"] ** 2
+    ce_weight = config.loss.ce_weight
 
     def loss_fn(params, teacher_params, batch, rng, step):
         del teacher_params, step
         sequence = lm.real_text(batch)
         logits = lm.logits(student, params, sequence, train=True, rng=rng)
-        distill = scale * losses.sparse_divergence(
-            logits, batch["teacher_top_log_probs"], batch["teacher_top_indices"], kind,
-            mask=sequence.loss_mask, tail=tail, **settings)
+        distill = divergence.from_top_k(logits, batch["teacher_top_log_probs"],
+                                        batch["teacher_top_indices"], sequence.loss_mask)
         nll = lm.sequence_nll(logits, sequence)
         return distill + ce_weight * nll, {"distill/divergence": distill, "distill/nll": nll}
 

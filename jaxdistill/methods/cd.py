@@ -20,43 +20,36 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from jaxdistill import diffusion
-from jaxdistill.errors import DistillError
-from jaxdistill.methods import StatefulLoss, register
+from jaxdistill.diffusion.parameterizations import consistency_function
+from jaxdistill.diffusion.sampling import network, ode_step
+from jaxdistill.methods import Context, StatefulLoss, generative, register
 
 
-def edm_parameterization(config, method: str) -> diffusion.EDM:
-    param = diffusion.parameterization(config.diffusion)
-    if not isinstance(param, diffusion.EDM):
-        raise DistillError(f"method {method!r} works in the EDM parameterization; set"
-                           " config.diffusion.parameterization=edm (scm is the TrigFlow one)")
-    return param
-
-
-@register("cd")
-def make_loss(config, student, teacher):
-    param = edm_parameterization(config, "cd")
+@register("cd", tasks=("generation",), settings=generative.CONSISTENCY_SETTINGS)
+def make_loss(ctx: Context):
+    config, student, teacher = ctx.config, ctx.student, ctx.teacher
+    generative.check_teacher(ctx)
+    param = generative.edm_parameterization(config, "cd")
     settings = config.consistency
     sigmas = jnp.asarray(np.sort(param.karras_sigmas(settings.discretization)), jnp.float32)
-    num_classes = config.student.get("num_classes", 0)
+    num_classes = generative.class_count(config)
 
     def loss_fn(params, teacher_params, batch, rng, step, target_params):
         del step
         x0 = batch["x"]
-        label = batch.get("label") if num_classes else None
+        label = generative.class_labels(batch, num_classes)
         level_rng, noise_rng = jax.random.split(rng)
         n = jax.random.randint(level_rng, x0.shape[:1], 0, len(sigmas) - 1)
         sigma, sigma_next = sigmas[n], sigmas[n + 1]
-        x_next = param.noisy(x0, jax.random.normal(noise_rng, x0.shape), sigma_next)
-        teacher_net = diffusion.network(teacher, teacher_params)
-        x_hat = diffusion.ode_step(lambda x, t: param.velocity(teacher_net, x, t, label),
-                                   x_next, sigma_next, sigma, "heun")
-        online = diffusion.consistency_function(
-            param, diffusion.network(student, params, train=True), x_next, sigma_next, label)
-        target, ok = diffusion.guard_target(jax.lax.stop_gradient(
-            diffusion.consistency_function(param, diffusion.network(student, target_params),
-                                           x_hat, sigma, label)), online)
-        loss, nonfinite = diffusion.finite_mean(diffusion.consistency_distance(
+        _, x_next = generative.noisy_pair(param, x0, sigma_next, noise_rng)
+        teacher_net = network(teacher, teacher_params)
+        x_hat = ode_step(lambda x, t: param.velocity(teacher_net, x, t, label), x_next,
+                         sigma_next, sigma, "heun")
+        online = consistency_function(param, network(student, params, train=True), x_next,
+                                      sigma_next, label)
+        target, ok = generative.guard_target(jax.lax.stop_gradient(consistency_function(
+            param, network(student, target_params), x_hat, sigma, label)), online)
+        loss, nonfinite = generative.finite_mean(generative.consistency_distance(
             online, target, settings.metric, settings.huber_c), ok)
         return loss, {"nonfinite": nonfinite}
 

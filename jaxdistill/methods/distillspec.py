@@ -11,4 +11,4 @@ from __future__ import annotations
 
 from jaxdistill.methods import gkd, register
 
-register("distillspec")(gkd.make_loss)
+register("distillspec", tasks=("lm",), settings=gkd.SETTINGS)(gkd.make_loss)

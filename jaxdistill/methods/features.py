@@ -18,9 +18,12 @@ import jax
 
 from jaxdistill import losses
 from jaxdistill.errors import DistillError
-from jaxdistill.methods import register
+from jaxdistill.methods import Context, register
 
 _DISTANCES = {"mse": losses.mse, "cosine": losses.cosine_distance}
+# layer_map: (student, teacher) hidden-state pairs, empty for the default map; embedding_distance:
+# how sentence embeddings are compared (mse or cosine).
+SETTINGS = {"loss": {"layer_map": (), "embedding_distance": "cosine"}}
 
 
 def teacher_width_check(student, teacher) -> None:
@@ -33,7 +36,7 @@ def teacher_width_check(student, teacher) -> None:
 
 def default_layer_map(config, student, teacher) -> tuple[tuple[int, int], ...]:
     """(student, teacher) hidden-state index pairs, embeddings included."""
-    if config.loss.get("layer_map"):
+    if config.loss.layer_map:
         pairs = tuple(tuple(pair) for pair in config.loss.layer_map)
     elif config.student_init.teacher_layers:
         pairs = ((0, 0),) + tuple((i + 1, layer + 1)
@@ -60,7 +63,7 @@ def forward(student, teacher, params, teacher_params, batch, rng):
 
 def embedding_distance(config):
     """The distance between sentence embeddings named by config.loss.embedding_distance."""
-    distance = config.loss.get("embedding_distance", "cosine")
+    distance = config.loss.embedding_distance
     if distance not in _DISTANCES:
         raise DistillError(f"unknown config.loss.embedding_distance {distance!r}; choose one of"
                            f" {', '.join(_DISTANCES)}")
@@ -76,10 +79,11 @@ def with_embedding_cosine(metrics: dict, student_out, teacher_out) -> dict:
 
 
 def _hidden_state_method(name: str, distance):
-    @register(name)
-    def make_loss(config, student, teacher):
+    @register(name, tasks=("sentences",), settings=SETTINGS)
+    def make_loss(ctx: Context):
+        student, teacher = ctx.student, ctx.teacher
         teacher_width_check(student, teacher)
-        pairs = default_layer_map(config, student, teacher)
+        pairs = default_layer_map(ctx.config, student, teacher)
 
         def loss_fn(params, teacher_params, batch, rng, step):
             del step
@@ -100,10 +104,11 @@ _hidden_state_method("hidden_mse", losses.mse)
 _hidden_state_method("hidden_cosine", losses.cosine_distance)
 
 
-@register("embedding_kd")
-def make_embedding_loss(config, student, teacher):
+@register("embedding_kd", tasks=("sentences",), settings=SETTINGS)
+def make_embedding_loss(ctx: Context):
+    student, teacher = ctx.student, ctx.teacher
     teacher_width_check(student, teacher)
-    distance = embedding_distance(config)
+    distance = embedding_distance(ctx.config)
 
     def loss_fn(params, teacher_params, batch, rng, step):
         del step

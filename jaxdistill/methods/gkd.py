@@ -14,17 +14,21 @@ import jax
 import jax.numpy as jnp
 
 from jaxdistill.errors import DistillError
-from jaxdistill.methods import lm, register
+from jaxdistill.methods import Context, lm, merge_settings, register
+
+# λ: the share of batches whose continuations the student samples.
+SETTINGS = merge_settings(lm.SETTINGS, {"loss": {"student_data_fraction": 0.0}})
 
 
-@register("gkd")
-def make_loss(config, student, teacher):
+@register("gkd", tasks=("lm",), settings=SETTINGS)
+def make_loss(ctx: Context):
+    config, student, teacher = ctx.config, ctx.student, ctx.teacher
     divergence = lm.TokenDivergence(config.loss, student, teacher)
     fraction = config.loss.student_data_fraction
     if not 0.0 <= fraction <= 1.0:
         raise DistillError(f"config.loss.student_data_fraction (λ) must lie in [0, 1], got"
                            f" {fraction}")
-    eos_id = lm.eos_id(config)
+    eos_id = lm.eos_id(ctx)
 
     def continuations(params, batch, rng):
         rng, coin_rng = jax.random.split(rng)

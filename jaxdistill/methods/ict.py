@@ -17,9 +17,9 @@ import math
 import jax
 import jax.numpy as jnp
 
-from jaxdistill import diffusion
-from jaxdistill.methods import register
-from jaxdistill.methods.cd import edm_parameterization
+from jaxdistill.diffusion.parameterizations import EDM, consistency_function
+from jaxdistill.diffusion.sampling import network
+from jaxdistill.methods import Context, generative, register
 
 
 def discretization(step, total_steps: int, start: int, end: int):
@@ -29,14 +29,14 @@ def discretization(step, total_steps: int, start: int, end: int):
     return jnp.minimum(start * 2 ** (step // per_stage), end) + 1
 
 
-def karras_levels(param: diffusion.EDM, num_levels, max_levels: int):
+def karras_levels(param: EDM, num_levels, max_levels: int):
     """σ_1 < … < σ_N for a traced N, padded to `max_levels` (entries past N are repeats)."""
     i = jnp.minimum(jnp.arange(max_levels), num_levels - 1)
     lo, hi = param.sigma_min ** (1 / param.rho), param.sigma_max ** (1 / param.rho)
     return (lo + i / (num_levels - 1) * (hi - lo)) ** param.rho
 
 
-def level_logits(param: diffusion.EDM, sigmas, num_levels):
+def level_logits(param: EDM, sigmas, num_levels):
     """log p(i) of iCT's discretised log-normal over the N − 1 intervals; the rest −∞."""
     cdf = jax.scipy.special.erf((jnp.log(sigmas) - param.p_mean) / (math.sqrt(2) * param.p_std))
     mass = cdf[1:] - cdf[:-1]
@@ -44,18 +44,18 @@ def level_logits(param: diffusion.EDM, sigmas, num_levels):
     return jnp.where(valid & (mass > 0), jnp.log(jnp.maximum(mass, 1e-30)), -jnp.inf)
 
 
-@register("ict", needs_teacher=False)
-def make_loss(config, student, teacher):
-    del teacher
-    param = edm_parameterization(config, "ict")
+@register("ict", teacher="none", tasks=("generation",), settings=generative.CONSISTENCY_SETTINGS)
+def make_loss(ctx: Context):
+    config, student = ctx.config, ctx.student
+    param = generative.edm_parameterization(config, "ict")
     settings = config.consistency
     max_levels = settings.curriculum_end + 1
-    num_classes = config.student.get("num_classes", 0)
+    num_classes = generative.class_count(config)
 
     def loss_fn(params, teacher_params, batch, rng, step):
         del teacher_params
         x0 = batch["x"]
-        label = batch.get("label") if num_classes else None
+        label = generative.class_labels(batch, num_classes)
         num_levels = discretization(step, config.total_steps, settings.curriculum_start,
                                     settings.curriculum_end)
         sigmas = karras_levels(param, num_levels, max_levels)
@@ -63,15 +63,15 @@ def make_loss(config, student, teacher):
         i = jax.random.categorical(level_rng, level_logits(param, sigmas, num_levels),
                                    shape=x0.shape[:1])
         sigma, sigma_next = sigmas[i], sigmas[i + 1]
-        noise = jax.random.normal(noise_rng, x0.shape)
-        net = diffusion.network(student, params, train=True)
-        online = diffusion.consistency_function(param, net, param.noisy(x0, noise, sigma_next),
-                                                sigma_next, label)
-        target, ok = diffusion.guard_target(jax.lax.stop_gradient(diffusion.consistency_function(
+        # The same noise on both sides of the pair.
+        noise, x_next = generative.noisy_pair(param, x0, sigma_next, noise_rng)
+        net = network(student, params, train=True)
+        online = consistency_function(param, net, x_next, sigma_next, label)
+        target, ok = generative.guard_target(jax.lax.stop_gradient(consistency_function(
             param, net, param.noisy(x0, noise, sigma), sigma, label)), online)
-        distance = diffusion.consistency_distance(online, target, settings.metric,
-                                                  settings.huber_c)
-        loss, nonfinite = diffusion.finite_mean(distance / (sigma_next - sigma), ok)
+        distance = generative.consistency_distance(online, target, settings.metric,
+                                                   settings.huber_c)
+        loss, nonfinite = generative.finite_mean(distance / (sigma_next - sigma), ok)
         return loss, {"nonfinite": nonfinite, "discretization": num_levels}
 
     return loss_fn

@@ -11,13 +11,16 @@ import jax
 
 from jaxdistill import losses
 from jaxdistill.errors import DistillError
-from jaxdistill.methods import register
+from jaxdistill.methods import Context, register
+
+# Hinton KD's soft-target temperature τ and soft-loss weight α.
+SETTINGS = {"loss": {"temperature": 1.0, "alpha": 0.5}}
 
 
-@register("kd")
-def make_loss(config, student, teacher):
-    temperature = config.loss.temperature
-    alpha = config.loss.alpha
+@register("kd", tasks=("classification",), settings=SETTINGS)
+def make_loss(ctx: Context):
+    student, teacher = ctx.student, ctx.teacher
+    temperature, alpha = ctx.config.loss.temperature, ctx.config.loss.alpha
     if not temperature > 0:
         raise DistillError(f"config.loss.temperature must be > 0, got {temperature}")
     if not 0.0 <= alpha <= 1.0:

@@ -21,7 +21,22 @@ from jaxdistill import generate as generate_lib
 from jaxdistill import losses
 from jaxdistill.errors import DistillError
 from jaxdistill.kernels import fused_linear_divergence
+from jaxdistill.methods import Context
 from jaxdistill.models import llama
+
+# The settings every LM method shares. loss: the token divergence (fkl, rkl, jsd, tvd, skl,
+# srkl) at `temperature`, with jsd's `beta` and the skew KLs' `skew`; `fused` computes it with
+# the fused linear-divergence kernel (`fused_implementation`: auto, xla or pallas);
+# `teacher_top_k` > 0 keeps only the teacher's top-k tokens, `tail` saying how the rest of its
+# mass counts (losses.sparse_divergence); `ce_weight` adds cross-entropy on the real text.
+# sampling: how continuations are sampled (on-policy methods, seqkd, evaluation), separate from
+# the loss's temperature.
+SETTINGS = {
+    "loss": {"temperature": 1.0, "divergence": "fkl", "beta": 0.5, "skew": 0.1, "fused": False,
+             "fused_implementation": "auto", "teacher_top_k": 0, "tail": "bucket",
+             "ce_weight": 0.0},
+    "sampling": {"temperature": 1.0, "top_k": 0, "top_p": 1.0},
+}
 
 
 class Sequence(NamedTuple):
@@ -66,15 +81,13 @@ def sequence_nll(logits: Array, sequence: Sequence) -> Float[Array, ""]:
     return losses.cross_entropy(logits, sequence.targets, sequence.loss_mask)
 
 
-def divergence_settings(loss_config: ml_collections.ConfigDict) -> dict:
-    """`losses.divergence`'s keyword settings from config.loss, checked before compiling."""
-    settings = {"temperature": loss_config.temperature, "beta": loss_config.beta,
-                "alpha": loss_config.skew}
-    losses.check_divergence_args(loss_config.divergence, **settings)
+def token_divergence(loss_config: ml_collections.ConfigDict) -> losses.Divergence:
+    """config.loss's divergence, checked before compiling."""
     if loss_config.fused and loss_config.teacher_top_k:
         raise DistillError("config.loss.fused and config.loss.teacher_top_k exclude each other:"
                            " the fused kernel reads the teacher's whole head")
-    return settings
+    return losses.Divergence(loss_config.divergence, loss_config.temperature, loss_config.beta,
+                             loss_config.skew)
 
 
 class TokenDivergence:
@@ -88,12 +101,11 @@ class TokenDivergence:
     """
 
     def __init__(self, loss_config: ml_collections.ConfigDict, student: nn.Module,
-                 teacher: nn.Module):
-        self.kind = loss_config.divergence
-        self.settings = divergence_settings(loss_config)
+                 teacher: nn.Module | None):
+        self.divergence = token_divergence(loss_config)
         self.fused = loss_config.fused
         self.fused_implementation = loss_config.fused_implementation
-        self.scale = loss_config.temperature ** 2
+        self.scale = self.divergence.temperature ** 2
         self.top_k = loss_config.teacher_top_k
         self.tail = loss_config.tail
         self.student, self.teacher = student, teacher
@@ -114,20 +126,23 @@ class TokenDivergence:
                                     llama.logits_from_hidden(teacher_hidden, teacher_head), mask)
         return self.scale * fused_linear_divergence(
             student_hidden.reshape(-1, student_hidden.shape[-1]), student_head,
-            teacher_hidden.reshape(-1, teacher_hidden.shape[-1]), teacher_head, self.kind,
-            mask=mask.reshape(-1), implementation=self.fused_implementation, **self.settings)
+            teacher_hidden.reshape(-1, teacher_hidden.shape[-1]), teacher_head, self.divergence,
+            mask=mask.reshape(-1), implementation=self.fused_implementation)
 
     def from_logits(self, student_logits, teacher_logits, mask: Array) -> Array:
         """τ² × the mean divergence over the tokens `mask` counts, from both models' logits."""
         if self.top_k:
-            targets = losses.top_k_targets(teacher_logits, self.top_k,
-                                           temperature=self.settings["temperature"])
-            value = losses.sparse_divergence(student_logits, *targets, self.kind, mask=mask,
-                                             tail=self.tail, **self.settings)
-        else:
-            value = losses.divergence(student_logits, teacher_logits, self.kind, mask=mask,
-                                      **self.settings)
-        return self.scale * value
+            return self.from_top_k(student_logits, *losses.top_k_targets(
+                teacher_logits, self.top_k, temperature=self.divergence.temperature), mask)
+        return self.scale * losses.divergence(student_logits, teacher_logits, self.divergence,
+                                              mask=mask)
+
+    def from_top_k(self, student_logits, top_log_probs, top_indices, mask: Array) -> Array:
+        """τ² × the mean divergence to a teacher known by its top-k log-probabilities (computed
+        here, or cached offline), the rest of its mass counted as config.loss.tail says."""
+        return self.scale * losses.sparse_divergence(
+            student_logits, top_log_probs, top_indices, self.divergence, mask=mask,
+            tail=self.tail)
 
     def __call__(self, params, teacher_params, sequence: Sequence, *, rng: Array,
                  mask: Array | None = None) -> Array:
@@ -148,11 +163,9 @@ def sample_continuations(model: nn.Module, params, batch: dict, rng: Array,
         eos_id=eos_id)
 
 
-def eos_id(config: ml_collections.ConfigDict) -> int:
+def eos_id(ctx: Context) -> int:
     """The end-of-sequence id that ends sampled continuations; the data must be prompts."""
-    from jaxdistill import data
-
-    if data.text_format(config.data) != "prompts":
-        raise DistillError(f"method {config.method!r} samples continuations of prompts: set"
+    if ctx.dataset.format != "prompts":
+        raise DistillError(f"method {ctx.config.method!r} samples continuations of prompts: set"
                            " config.data.format='prompts' on a language-model dataset")
-    return data.spec(config.data).special_ids.eos
+    return ctx.dataset.special_ids.eos

@@ -9,14 +9,14 @@ and the fused kernel come from config.loss (see `lm.TokenDivergence`).
 from __future__ import annotations
 
 from jaxdistill.errors import DistillError
-from jaxdistill.methods import lm, register
+from jaxdistill.methods import Context, lm, register
 from jaxdistill.models import llama
 
 
-@register("logit_kd")
-def make_loss(config, student, teacher):
-    divergence = lm.TokenDivergence(config.loss, student, teacher)
-    ce_weight = config.loss.ce_weight
+@register("logit_kd", tasks=("lm",), settings=lm.SETTINGS)
+def make_loss(ctx: Context):
+    divergence = lm.TokenDivergence(ctx.config.loss, ctx.student, ctx.teacher)
+    ce_weight = ctx.config.loss.ce_weight
     if ce_weight and divergence.fused:
         raise DistillError("config.loss.ce_weight needs the student's logits, which"
                            " config.loss.fused never builds; use one or the other")

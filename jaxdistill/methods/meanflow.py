@@ -15,12 +15,19 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-from jaxdistill import diffusion
+from jaxdistill.diffusion.parameterizations import (
+    Flow,
+    Parameterization,
+    average_velocity,
+    parameterization,
+    per_example,
+)
+from jaxdistill.diffusion.sampling import network
 from jaxdistill.errors import DistillError
-from jaxdistill.methods import register
+from jaxdistill.methods import Context, generative, register
 
 
-def time_pairs(param: diffusion.Parameterization, rng, n: int, ratio: float):
+def time_pairs(param: Parameterization, rng, n: int, ratio: float):
     """(r, t) with r ≤ t, and r = t for all but a `ratio` share of them."""
     first, second, pick = jax.random.split(rng, 3)
     a, b = param.sample_time(first, n), param.sample_time(second, n)
@@ -28,45 +35,48 @@ def time_pairs(param: diffusion.Parameterization, rng, n: int, ratio: float):
     return jnp.where(jax.random.uniform(pick, (n,)) < ratio, r, t), t
 
 
-def velocity_derivative(param: diffusion.Parameterization, net, z, r, t, v, label=None):
+def velocity_derivative(param: Parameterization, net, z, r, t, v, label=None):
     """(u(z, r, t), du/dt along the flow): one `jax.jvp` through the network along (v, 0, 1),
     with the inputs the parameterization feeds it (both of its times move with t)."""
-    return jax.jvp(lambda z, r, t: diffusion.average_velocity(param, net, z, r, t, label),
+    return jax.jvp(lambda z, r, t: average_velocity(param, net, z, r, t, label),
                    (z, r, t), (v, jnp.zeros_like(r), jnp.ones_like(t)))
 
 
-@register("meanflow", needs_teacher=False)
-def make_loss(config, student, teacher):
-    del teacher
-    param = diffusion.parameterization(config.diffusion)
-    if not isinstance(param, diffusion.Flow) or not config.student.get("interval_conditioning"):
+# The share of pairs with r ≠ t (`ratio`), and the adaptive loss weight 1/(‖Δ‖² + c)^p
+# (`adaptive_p`, `adaptive_c`).
+SETTINGS = {**generative.SETTINGS,
+            "meanflow": {"ratio": 0.25, "adaptive_p": 1.0, "adaptive_c": 1e-3}}
+
+
+@register("meanflow", teacher="none", tasks=("generation",), settings=SETTINGS)
+def make_loss(ctx: Context):
+    config, student = ctx.config, ctx.student
+    param = parameterization(config.diffusion)
+    if not isinstance(param, Flow) or not config.student.get("interval_conditioning"):
         raise DistillError("method 'meanflow' models the linear flow with a two-time network; set"
                            " config.diffusion.parameterization=flow and"
                            " config.student.interval_conditioning=True")
     settings = config.meanflow
-    num_classes = config.student.get("num_classes", 0)
-    per_example = diffusion.per_example
+    num_classes = generative.class_count(config)
 
     def loss_fn(params, teacher_params, batch, rng, step):
         del teacher_params, step
         x0 = batch["x"]
-        label = batch.get("label") if num_classes else None
+        label = generative.class_labels(batch, num_classes)
         time_rng, noise_rng = jax.random.split(rng)
         r, t = time_pairs(param, time_rng, x0.shape[0], settings.ratio)
-        noise = jax.random.normal(noise_rng, x0.shape)
-        z = param.noisy(x0, noise, t)
+        noise, z = generative.noisy_pair(param, x0, t, noise_rng)
         v = noise - x0
 
-        frozen = diffusion.network(student, jax.lax.stop_gradient(params), train=True)
+        frozen = network(student, jax.lax.stop_gradient(params), train=True)
         _, dudt = velocity_derivative(param, frozen, z, r, t, v, label)
-        u = diffusion.average_velocity(param, diffusion.network(student, params, train=True),
-                                       z, r, t, label)
-        target, ok = diffusion.guard_target(
+        u = average_velocity(param, network(student, params, train=True), z, r, t, label)
+        target, ok = generative.guard_target(
             jax.lax.stop_gradient(v - per_example(t - r, z) * dudt), u)
         error = jnp.sum(jnp.reshape(u - target, (z.shape[0], -1)) ** 2, axis=-1)
         weight = jax.lax.stop_gradient(
             1.0 / (error + settings.adaptive_c) ** settings.adaptive_p)
-        loss, nonfinite = diffusion.finite_mean(weight * error, ok)
+        loss, nonfinite = generative.finite_mean(weight * error, ok)
         return loss, {"nonfinite": nonfinite, "squared_error": jnp.mean(error)}
 
     return loss_fn

@@ -15,13 +15,13 @@ from __future__ import annotations
 
 from jaxdistill import losses
 from jaxdistill.errors import DistillError
-from jaxdistill.methods import features, register
+from jaxdistill.methods import Context, features, merge_settings, register
 
 _VECTORS = {"q": "queries", "k": "keys", "v": "values"}
 
 
 def _relation_heads(config, student, teacher) -> int:
-    if config.loss.get("relation_heads"):
+    if config.loss.relation_heads:
         return config.loss.relation_heads
     if student.num_heads != teacher.num_heads:
         raise DistillError(
@@ -32,7 +32,7 @@ def _relation_heads(config, student, teacher) -> int:
 
 
 def _relations(config) -> tuple[str, ...]:
-    relations = tuple(config.loss.get("relations", ("qk", "vv")))
+    relations = tuple(config.loss.relations)
     bad = [r for r in relations if len(r) != 2 or not set(r) <= set(_VECTORS)]
     if bad or not relations:
         raise DistillError(f"config.loss.relations {relations} must be pairs of q, k, v such as"
@@ -44,16 +44,24 @@ def _layer_vectors(out, layer: int, relation: str):
     return tuple(getattr(out, _VECTORS[name])[layer] for name in relation)
 
 
-@register("minilm")
-def make_loss(config, student, teacher):
+# relation_heads: heads the relations are split into (0: the models' own, which must agree);
+# relations: which self-attention relations to match; embedding_weight: the weight of an added
+# sentence-embedding loss; student_layer / teacher_layer: the layers whose relations match.
+SETTINGS = merge_settings(features.SETTINGS, {"loss": {
+    "relation_heads": 0, "relations": ("qk", "vv"), "embedding_weight": 0.0,
+    "student_layer": -1, "teacher_layer": -1}})
+
+
+@register("minilm", tasks=("sentences",), settings=SETTINGS)
+def make_loss(ctx: Context):
+    config, student, teacher = ctx.config, ctx.student, ctx.teacher
     heads = _relation_heads(config, student, teacher)
     relations = _relations(config)
-    embedding_weight = config.loss.get("embedding_weight", 0.0)
+    embedding_weight = config.loss.embedding_weight
     if embedding_weight:
         features.teacher_width_check(student, teacher)
     distance = features.embedding_distance(config)
-    student_layer, teacher_layer = config.loss.get("student_layer", -1), config.loss.get(
-        "teacher_layer", -1)
+    student_layer, teacher_layer = config.loss.student_layer, config.loss.teacher_layer
 
     def loss_fn(params, teacher_params, batch, rng, step):
         del step

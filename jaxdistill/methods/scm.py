@@ -1,4 +1,4 @@
-"""Continuous-time consistency models in TrigFlow (Lu & Song, ICLR 2025): `scm` distils a
+"""Continuous-time consistency models in TrigFlow (Lu & Song, ICLR 2025): `scd` distils a
 TrigFlow teacher (sCD), `sct` trains from data alone (sCT).
 
 With x_t = cos t·x0 + sin t·z (z ~ N(0, σ_d²)), the student f_θ(x_t, t) = cos t·x_t −
@@ -19,14 +19,15 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-from jaxdistill import diffusion
+from jaxdistill.diffusion.parameterizations import TrigFlow, parameterization, per_example
+from jaxdistill.diffusion.sampling import network
 from jaxdistill.errors import DistillError
-from jaxdistill.methods import register
+from jaxdistill.methods import Context, generative, register
 
 
-def trigflow_parameterization(config, method: str) -> diffusion.TrigFlow:
-    param = diffusion.parameterization(config.diffusion)
-    if not isinstance(param, diffusion.TrigFlow):
+def trigflow_parameterization(config, method: str) -> TrigFlow:
+    param = parameterization(config.diffusion)
+    if not isinstance(param, TrigFlow):
         raise DistillError(f"method {method!r} works in TrigFlow; set"
                            " config.diffusion.parameterization=trigflow")
     if not config.student.get("adaptive_weight"):
@@ -40,28 +41,27 @@ def target_and_tangent(student, frozen_params, param, x_t, t, dxdt, label):
     parameterization feeds it (x_t/σ_d, time_scale·t): the tangent of (x_t, t) is cos t·sin t
     times (dx_t/dt, 1)."""
     scale = jnp.cos(t) * jnp.sin(t)
-    net = diffusion.network(student, frozen_params, train=True)
+    net = network(student, frozen_params, train=True)
     return jax.jvp(lambda x, t: param.raw(net, x, t, label), (x_t, t),
-                   (diffusion.per_example(scale, x_t) * dxdt, scale))
+                   (per_example(scale, x_t) * dxdt, scale))
 
 
-def make(config, student, teacher, *, distill: bool):
-    method = "scm" if distill else "sct"
+def make(ctx: Context, *, distill: bool):
+    config, student, teacher = ctx.config, ctx.student, ctx.teacher
+    method = "scd" if distill else "sct"
     param = trigflow_parameterization(config, method)
     settings = config.consistency
-    num_classes = config.student.get("num_classes", 0)
+    num_classes = generative.class_count(config)
     sd = param.sigma_data
-    per_example = diffusion.per_example
 
     def loss_fn(params, teacher_params, batch, rng, step):
         x0 = batch["x"]
-        label = batch.get("label") if num_classes else None
+        label = generative.class_labels(batch, num_classes)
         time_rng, noise_rng = jax.random.split(rng)
         t = param.sample_time(time_rng, x0.shape[0])
-        noise = jax.random.normal(noise_rng, x0.shape)
-        x_t = param.noisy(x0, noise, t)
+        noise, x_t = generative.noisy_pair(param, x0, t, noise_rng)
         if distill:
-            dxdt = param.velocity(diffusion.network(teacher, teacher_params), x_t, t, label)
+            dxdt = param.velocity(network(teacher, teacher_params), x_t, t, label)
         else:
             dxdt = param.flow_velocity(x0, noise, t)
         frozen = jax.lax.stop_gradient(params)
@@ -72,22 +72,23 @@ def make(config, student, teacher, *, distill: bool):
         g = -cos ** 2 * (sd * f_frozen - dxdt) - warmup * (cos * sin * x_t + sd * scaled_tangent)
         g_norm = jnp.sqrt(jnp.sum(jnp.reshape(g, (g.shape[0], -1)) ** 2, axis=-1))
         g = jax.lax.stop_gradient(g / per_example(g_norm + settings.tangent_c, g))
-        raw = param.raw(diffusion.network(student, params, train=True), x_t, t, label)
-        target, ok = diffusion.guard_target(f_frozen + g, raw)
+        raw = param.raw(network(student, params, train=True), x_t, t, label)
+        target, ok = generative.guard_target(f_frozen + g, raw)
         log_weight = student.apply(params, param.network_inputs(x_t, t)[1], method="log_weight")
-        error = jnp.mean(jnp.reshape(raw - target, (g.shape[0], -1)) ** 2, axis=-1)
-        loss, nonfinite = diffusion.finite_mean(jnp.exp(log_weight) * error - log_weight, ok)
+        error = generative.mean_squared_error(raw, target)
+        loss, nonfinite = generative.finite_mean(jnp.exp(log_weight) * error - log_weight, ok)
         return loss, {"nonfinite": nonfinite, "tangent_norm": jnp.mean(g_norm),
                       "tangent_warmup": warmup}
 
     return loss_fn
 
 
-@register("scm")
-def make_scd(config, student, teacher):
-    return make(config, student, teacher, distill=True)
+@register("scd", tasks=("generation",), settings=generative.CONSISTENCY_SETTINGS)
+def make_scd(ctx: Context):
+    generative.check_teacher(ctx)
+    return make(ctx, distill=True)
 
 
-@register("sct", needs_teacher=False)
-def make_sct(config, student, teacher):
-    return make(config, student, teacher, distill=False)
+@register("sct", teacher="none", tasks=("generation",), settings=generative.CONSISTENCY_SETTINGS)
+def make_sct(ctx: Context):
+    return make(ctx, distill=False)

@@ -9,12 +9,13 @@ from __future__ import annotations
 
 import jax
 
-from jaxdistill.methods import lm, register
+from jaxdistill.methods import Context, lm, register
 
 
-@register("seqkd")
-def make_loss(config, student, teacher):
-    eos_id = lm.eos_id(config)
+@register("seqkd", tasks=("lm",), settings=lm.SETTINGS)
+def make_loss(ctx: Context):
+    config, student, teacher = ctx.config, ctx.student, ctx.teacher
+    eos_id = lm.eos_id(ctx)
 
     def loss_fn(params, teacher_params, batch, rng, step):
         del step

@@ -6,12 +6,12 @@ continuation of each prompt)."""
 from __future__ import annotations
 
 from jaxdistill import losses
-from jaxdistill.methods import lm, register
+from jaxdistill.methods import Context, lm, register
 
 
-@register("sft", needs_teacher=False)
-def make_loss(config, student, teacher):
-    del config, teacher
+@register("sft", teacher="none", tasks=("lm",), settings=lm.SETTINGS)
+def make_loss(ctx: Context):
+    student = ctx.student
 
     def loss_fn(params, teacher_params, batch, rng, step):
         del teacher_params, step

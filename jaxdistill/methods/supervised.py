@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 from jaxdistill import losses
-from jaxdistill.methods import register
+from jaxdistill.methods import Context, register
 
 
-@register("supervised", needs_teacher=False)
-def make_loss(config, student, teacher):
-    del teacher
-    label_smoothing = config.loss.get("label_smoothing", 0.0)
+@register("supervised", teacher="none", tasks=("classification",),
+          settings={"loss": {"label_smoothing": 0.0}})
+def make_loss(ctx: Context):
+    student, label_smoothing = ctx.student, ctx.config.loss.label_smoothing
 
     def loss_fn(params, teacher_params, batch, rng, step):
         del teacher_params, step

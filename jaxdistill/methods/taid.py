@@ -18,7 +18,7 @@ import jax
 import jax.numpy as jnp
 
 from jaxdistill.errors import DistillError
-from jaxdistill.methods import StatefulLoss, lm, register
+from jaxdistill.methods import Context, StatefulLoss, lm, merge_settings, register
 
 
 def _check(settings, loss_config) -> None:
@@ -43,8 +43,14 @@ def next_t(state: dict, objective, step, total_steps: int, settings) -> dict:
                         updated, state)
 
 
-@register("taid")
-def make_loss(config, student, teacher):
+# TAID's schedule of t: start, end, the adaptive step α and the momentum μ of its update.
+SETTINGS = merge_settings(lm.SETTINGS, {"loss": {
+    "taid": {"t_start": 0.4, "t_end": 1.0, "alpha": 5e-4, "momentum": 0.99}}})
+
+
+@register("taid", tasks=("lm",), settings=SETTINGS)
+def make_loss(ctx: Context):
+    config, student, teacher = ctx.config, ctx.student, ctx.teacher
     settings = config.loss.taid
     _check(settings, config.loss)
     divergence = lm.TokenDivergence(config.loss, student, teacher)

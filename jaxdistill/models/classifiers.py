@@ -53,7 +53,8 @@ class CNN(nn.Module):
             kernel_init = nn.with_logical_partitioning(
                 nn.initializers.lecun_normal(), (None, None, in_axis, "conv_out"))
             x = nn.Conv(channels, (3, 3), kernel_init=kernel_init,
-                        bias_init=nn.with_logical_partitioning(nn.initializers.zeros, ("conv_out",)))(x)
+                        bias_init=nn.with_logical_partitioning(nn.initializers.zeros,
+                                                               ("conv_out",)))(x)
             in_axis = "conv_in"
             x = nn.max_pool(nn.relu(x), (2, 2), strides=(2, 2), padding="SAME")
         x = jnp.mean(x, axis=(1, 2))

@@ -20,6 +20,8 @@ import einops
 import flax.linen as nn
 import jax.numpy as jnp
 
+from jaxdistill import kernels
+
 
 def positional_embedding(values: jnp.ndarray, dim: int, max_period: float = 10_000.0):
     """Transformer sinusoids of a per-example scalar, computed in float32 whatever the model's
@@ -201,8 +203,6 @@ class Attention(nn.Module):
 
     @nn.compact
     def __call__(self, x):
-        from jaxdistill import kernels
-
         batch, length, _ = x.shape
         head_dim = self.width // self.heads
         qkv = dense(3 * self.width, ("embed", "mlp"), name="qkv")(x)

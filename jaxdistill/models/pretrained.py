@@ -1,5 +1,6 @@
 """Hugging Face checkpoints (safetensors + config.json + tokenizer.json) as jaxdistill models:
-BERT encoders and Llama-family causal LMs (`hf_llama`), chosen by config.json's model_type.
+BERT encoders (`hf_bert`) and Llama-family causal LMs (`hf_llama`), chosen by config.json's
+model_type; this module finds and reads the files and dispatches.
 
     model = from_pretrained("sentence-transformers/all-MiniLM-L6-v2")   # or a directory
     out = model.module.apply({"params": model.params}, ids, mask, train=False)
@@ -16,12 +17,13 @@ import json
 import os
 from typing import Any
 
-import flax
-import jax
+import flax.linen as nn
 import numpy as np
+from safetensors.numpy import load_file
+from tokenizers import Tokenizer
 
 from jaxdistill.errors import DistillError
-from jaxdistill.models import hf_llama
+from jaxdistill.models import hf_bert, hf_llama
 from jaxdistill.models.bert import Bert
 from jaxdistill.models.llama import Llama
 
@@ -33,7 +35,7 @@ KNOWN_PACKAGES = {
 
 @dataclasses.dataclass
 class Pretrained:
-    module: flax.linen.Module  # Bert or Llama
+    module: nn.Module  # Bert or Llama
     params: Any          # unboxed parameter tree, numpy float32
     tokenizer: Any       # tokenizers.Tokenizer; None for a Llama directory without tokenizer.json
     path: str
@@ -63,95 +65,7 @@ def _read_json(path: str) -> Any:
         return json.load(f)
 
 
-def bert_config(path: str) -> dict:
-    """`Bert` fields from a Hugging Face config.json (plus sentence-transformers' pooling files)."""
-    hf = _read_json(os.path.join(path, "config.json"))
-    problems = [f"{key}={hf.get(key)!r} (supported: {want!r})" for key, want in
-                (("model_type", "bert"), ("hidden_act", "gelu"),
-                 ("position_embedding_type", "absolute")) if hf.get(key, want) != want]
-    if problems:
-        raise DistillError(f"{path}/config.json is not a BERT this importer supports: "
-                           + ", ".join(problems))
-    config = {
-        "vocab_size": hf["vocab_size"], "hidden_size": hf["hidden_size"],
-        "num_layers": hf["num_hidden_layers"], "num_heads": hf["num_attention_heads"],
-        "mlp_dim": hf["intermediate_size"], "max_position": hf["max_position_embeddings"],
-        "type_vocab_size": hf["type_vocab_size"], "dropout": hf["hidden_dropout_prob"],
-        "layer_norm_eps": hf["layer_norm_eps"], "pooling": "cls", "normalize": False,
-    }
-    pooling_path = os.path.join(path, "1_Pooling", "config.json")
-    if os.path.exists(pooling_path):
-        mean = _read_json(pooling_path).get("pooling_mode_mean_tokens")
-        config["pooling"] = "mean" if mean else "cls"
-    modules_path = os.path.join(path, "modules.json")
-    if os.path.exists(modules_path):
-        config["normalize"] = any(m["type"].endswith("Normalize") for m in _read_json(modules_path))
-    return config
-
-
-def _layer_norm(prefix: str) -> dict[str, str]:
-    return {"scale": f"{prefix}.weight", "bias": f"{prefix}.bias"}
-
-
-def _hf_names(num_layers: int) -> dict[tuple[str, ...], str]:
-    """Flax parameter path -> Hugging Face tensor name."""
-    names = {
-        ("word_embeddings", "embedding"): "embeddings.word_embeddings.weight",
-        ("position_embeddings", "embedding"): "embeddings.position_embeddings.weight",
-        ("token_type_embeddings", "embedding"): "embeddings.token_type_embeddings.weight",
-        **{("embeddings_norm", k): v for k, v in _layer_norm("embeddings.LayerNorm").items()},
-    }
-    for i in range(num_layers):
-        hf, ours = f"encoder.layer.{i}.", f"layer_{i}"
-        for proj in ("query", "key", "value"):
-            for kind in ("kernel", "bias"):
-                names[(ours, "attention", proj, kind)] = (
-                    f"{hf}attention.self.{proj}.{'weight' if kind == 'kernel' else 'bias'}")
-        for ours_name, hf_name in (("attention_output", "attention.output.dense"),
-                                   ("intermediate", "intermediate.dense"),
-                                   ("output", "output.dense")):
-            names[(ours, ours_name, "kernel")] = f"{hf}{hf_name}.weight"
-            names[(ours, ours_name, "bias")] = f"{hf}{hf_name}.bias"
-        for ours_name, hf_name in (("attention_norm", "attention.output.LayerNorm"),
-                                   ("output_norm", "output.LayerNorm")):
-            for k, v in _layer_norm(hf + hf_name).items():
-                names[(ours, ours_name, k)] = v
-    return names
-
-
-def _to_flax(tensor: np.ndarray, path: tuple[str, ...], shape: tuple[int, ...]) -> np.ndarray:
-    """torch Linear stores [out, in]; Flax kernels are [in, out] (reshaped into heads here)."""
-    if path[-1] == "kernel":
-        tensor = tensor.T
-    return tensor.reshape(shape) if tensor.size == int(np.prod(shape)) else tensor
-
-
-def convert(tensors: dict[str, np.ndarray], module: Bert) -> dict:
-    """The Flax params of `module` from a Hugging Face BERT state dict (with or without `bert.`)."""
-    tensors = {k.removeprefix("bert."): v for k, v in tensors.items()}
-    abstract = flax.traverse_util.flatten_dict(jax.eval_shape(
-        lambda: flax.linen.unbox(module.init(jax.random.key(0), np.zeros((1, 1), np.int32),
-                                             np.ones((1, 1), np.int32), train=False))["params"]))
-    names = _hf_names(module.num_layers)
-    missing = sorted(names[p] for p in abstract if names.get(p) not in tensors)
-    if missing:
-        raise DistillError(f"the checkpoint lacks {len(missing)} tensors the config implies,"
-                           f" e.g. {missing[:3]}; does config.json match model.safetensors?")
-    flat = {}
-    for path, leaf in abstract.items():
-        value = _to_flax(np.asarray(tensors[names[path]], np.float32), path, leaf.shape)
-        if value.shape != leaf.shape:
-            raise DistillError(
-                f"tensor {names[path]} has shape {tensors[names[path]].shape}, but config.json"
-                f" implies {leaf.shape} for {'/'.join(path)}; the config does not match the"
-                " weights")
-        flat[path] = value
-    return flax.traverse_util.unflatten_dict(flat)
-
-
-def load_tokenizer(path: str):
-    from tokenizers import Tokenizer
-
+def load_tokenizer(path: str) -> Tokenizer:
     tokenizer_path = os.path.join(path, "tokenizer.json")
     if not os.path.exists(tokenizer_path):
         raise DistillError(f"{tokenizer_path} is missing; a pretrained directory needs the"
@@ -172,8 +86,6 @@ def weight_files(path: str) -> list[str]:
 
 
 def load_tensors(files: list[str]) -> dict[str, np.ndarray]:
-    from safetensors.numpy import load_file
-
     return {name: tensor for file in files for name, tensor in load_file(file).items()}
 
 
@@ -190,9 +102,9 @@ def from_pretrained(name_or_path: str, **overrides) -> Pretrained:
         has_tokenizer = os.path.exists(os.path.join(path, "tokenizer.json"))
         tokenizer = load_tokenizer(path) if has_tokenizer else None
     else:
-        name, model_config = "bert", {**bert_config(path), **overrides}
+        name, model_config = "bert", {**hf_bert.bert_config(path), **overrides}
         module = Bert(**model_config)
-        params = convert(load_tensors(files), module)
+        params = hf_bert.convert(load_tensors(files), module)
         tokenizer = load_tokenizer(path)
     return Pretrained(module, params, tokenizer, path, {"model": name, **model_config})
 

@@ -17,8 +17,9 @@ import os
 import jax
 import numpy as np
 
-from jaxdistill import checkpoint, data, generate, speculative, train
-from jaxdistill.reproduce import ConfigLoader, Experiment, Row, gkd2024
+from jaxdistill import data, generate, loading, speculative, train
+from jaxdistill.reproduce import gkd2024
+from jaxdistill.reproduce.table import ConfigLoader, Experiment, Row
 
 DRAFTS: dict[str, dict] = {
     "undistilled (sft)": {"method": "sft"},
@@ -30,7 +31,8 @@ DRAFTS: dict[str, dict] = {
 
 
 def decode_statistics(config, target, draft, temperature: float) -> dict[str, float]:
-    """Acceptance rate and block efficiency of `draft` for `target` over the test prompts."""
+    """Acceptance rate and block efficiency of `draft` for `target` (`loading.Loaded` models)
+    over the test prompts."""
     settings = config.speculative
     eos_id = data.spec(config.data).special_ids.eos
     counts = np.zeros(4)  # accepted, rejected, target calls, tokens emitted
@@ -38,7 +40,8 @@ def decode_statistics(config, target, draft, temperature: float) -> dict[str, fl
     for index, batch in zip(range(-(-settings.num_prompts // settings.batch_size)), batches):
         prompts, lengths = generate.right_pad(batch["prompt"], batch["prompt_mask"])
         out = speculative.speculative_generate(
-            *target, *draft, prompts, lengths, max_new_tokens=settings.max_new_tokens,
+            target.module, target.params, draft.module, draft.params, prompts, lengths,
+            max_new_tokens=settings.max_new_tokens,
             gamma=settings.gamma, rng=jax.random.key(index), temperature=temperature,
             eos_id=eos_id)
         rows = np.asarray(batch["mask"], bool)
@@ -58,7 +61,7 @@ def _draft_results(load: ConfigLoader, scale: str, settings: dict, seed: int,
     config.teacher.checkpoint = teacher_dir
     config.eval_splits = ()
     train.train_and_evaluate(config, workdir, progress=False)
-    draft = checkpoint.load_model(workdir)
+    draft = loading.run(workdir)
     sampled = decode_statistics(config, target, draft, config.speculative.temperature)
     greedy = decode_statistics(config, target, draft, 0.0)
     return {"acceptance": sampled["acceptance"],
@@ -69,7 +72,7 @@ def _draft_results(load: ConfigLoader, scale: str, settings: dict, seed: int,
 
 def _rows(scale: str, workdir: str, seeds: int, load: ConfigLoader) -> list[Row]:
     teacher_dir, teacher_wall = gkd2024.train_teacher(load, scale, workdir)
-    target = checkpoint.load_model(teacher_dir)
+    target = loading.run(teacher_dir)
     results: dict[str, list[dict]] = {name: [] for name in DRAFTS}
     for seed in range(seeds):
         for index, (name, settings) in enumerate(DRAFTS.items()):
@@ -93,7 +96,8 @@ def _notes(scale: str, rows: list[Row]) -> str:
     for row in rows[1:]:
         gains = [np.mean(row.extra[key]) / np.mean(base.extra[key]) - 1
                  for key in ("block_efficiency", "greedy_block_efficiency")]
-        lines.append(f"- {row.setting}: acceptance {np.mean(row.values) - np.mean(base.values):+.3f};"
+        gain = np.mean(row.values) - np.mean(base.values)
+        lines.append(f"- {row.setting}: acceptance {gain:+.3f};"
                      f" block efficiency {gains[0]:+.1%} at temperature 1, {gains[1]:+.1%} greedy")
     lines.append("")
     lines.append("Settings that differ from the paper: a 4-layer target trained from scratch on"

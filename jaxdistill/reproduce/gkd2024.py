@@ -16,7 +16,7 @@ import os
 import numpy as np
 
 from jaxdistill import train
-from jaxdistill.reproduce import ConfigLoader, Experiment, Row
+from jaxdistill.reproduce.table import ConfigLoader, Experiment, Row, train_shared
 
 ROWS: dict[str, dict] = {
     "sft": {"method": "sft"},
@@ -43,10 +43,9 @@ def train_teacher(load: ConfigLoader, scale: str, workdir: str) -> tuple[str, fl
     """The teacher both LM tables share, in WORKDIR/../lm_teacher_docs_SCALE: trained once, then
     resumed at its last step (evaluated only) by every later table. Returns it and its wall time
     of this call."""
-    config = load(f"lm_teacher_docs:{scale}")
-    teacher_dir = os.path.join(os.path.dirname(os.path.abspath(workdir)),
-                               f"lm_teacher_docs_{scale}")
-    return teacher_dir, train.train_and_evaluate(config, teacher_dir, progress=False)["wall_s"]
+    teacher_dir, summary = train_shared(load(f"lm_teacher_docs:{scale}"), workdir,
+                                        f"lm_teacher_docs_{scale}")
+    return teacher_dir, summary["wall_s"]
 
 
 def _student(load: ConfigLoader, scale: str, settings: dict, seed: int, teacher_dir: str,

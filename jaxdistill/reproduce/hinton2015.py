@@ -15,7 +15,7 @@ import os
 import numpy as np
 
 from jaxdistill import train
-from jaxdistill.reproduce import ConfigLoader, Experiment, Row
+from jaxdistill.reproduce.table import ConfigLoader, Experiment, Row
 
 _PAPER_ACCURACY = {"teacher": 1 - 67 / 10_000, "student_scratch": 1 - 146 / 10_000,
                    "student_kd": 1 - 74 / 10_000}

@@ -18,7 +18,7 @@ import ml_collections
 import numpy as np
 
 from jaxdistill import data, models, train
-from jaxdistill.reproduce import ConfigLoader, Experiment, Row
+from jaxdistill.reproduce.table import ConfigLoader, Experiment, Row
 
 # Student depth -> teacher layers its encoder is copied from (DistilBERT-style: first and last
 # layers kept, the rest spread out).

@@ -12,7 +12,7 @@ import os
 import numpy as np
 
 from jaxdistill import train
-from jaxdistill.reproduce import ConfigLoader, Experiment, Row
+from jaxdistill.reproduce.table import ConfigLoader, Experiment, Row
 
 GENERATIONS = 3
 # The paper's born-again loss is the teacher's distribution at τ = 1; a digits MLP trained to

@@ -23,11 +23,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxdistill import checkpoint, data, diffusion, train
-from jaxdistill.configs import common
+from jaxdistill import checkpoint, data, loading, train
+from jaxdistill.diffusion import distances, parameterizations, sampling
 from jaxdistill.errors import DistillError
 from jaxdistill.models import classifiers
-from jaxdistill.reproduce import ConfigLoader, Experiment, Row
+from jaxdistill.reproduce.table import ConfigLoader, Experiment, Row, train_shared
 
 TEACHER_SAMPLERS = (("euler", 1), ("euler", 2), ("heun", 2), ("heun", 4), ("heun", 9),
                     ("heun", 18))
@@ -62,27 +62,26 @@ class Scorer:
     def draw(self, run_dir: str, sampler: str, steps: int, seed: int) -> np.ndarray:
         """As many samples as the reference holds, from the run's (EMA) model."""
         if run_dir not in self._models:
-            self._models[run_dir] = (checkpoint.read_config(run_dir),
-                                     *checkpoint.load_model(run_dir))
-        config, module, params = self._models[run_dir]
+            self._models[run_dir] = loading.run(run_dir)
+        model = self._models[run_dir]
         key = (run_dir, sampler, steps)
         if key not in self._samplers:
-            self._samplers[key] = self._sampler(config, module, sampler, steps)
+            self._samplers[key] = self._sampler(model.run_config, model.module, sampler, steps)
         sample, labels = self._samplers[key]
-        return np.asarray(sample(params, jax.random.key(1000 + seed), labels))
+        return np.asarray(sample(model.params, jax.random.key(1000 + seed), labels))
 
     def _sampler(self, config, module, sampler: str, steps: int):
         """A jitted `sample(params, rng, labels)` and the labels to call it with."""
-        param = diffusion.parameterization(config.diffusion)
+        param = parameterizations.parameterization(config.diffusion)
         num_classes = config.student.get("num_classes", 0) or 0
         labels = None if self.labels is None or not num_classes else jnp.asarray(self.labels)
 
         @jax.jit
         def sample(params, rng, labels):
-            net = diffusion.network(module, params, config.generation.guidance, num_classes)
-            return diffusion.sample(param, net, rng, self.reference.shape, labels,
-                                    sampler=sampler, steps=steps,
-                                    times=tuple(config.generation.times))
+            net = sampling.network(module, params, config.generation.guidance, num_classes)
+            return sampling.sample(param, net, rng, self.reference.shape, labels,
+                                   sampler=sampler, steps=steps,
+                                   times=tuple(config.generation.times))
 
         return sample, labels
 
@@ -107,50 +106,44 @@ def _scorer(kind: str, config, load: ConfigLoader, scale: str, workdir: str) -> 
 
 
 def _swd(samples, reference):
-    return diffusion.sliced_wasserstein(np.nan_to_num(samples), reference)
+    return distances.sliced_wasserstein(np.nan_to_num(samples), reference)
 
 
 def _fd(samples, features, reference):
-    return diffusion.frechet_distance(features(np.nan_to_num(samples)), reference)
+    return distances.frechet_distance(features(np.nan_to_num(samples)), reference)
 
 
 def _classifier(load: ConfigLoader, scale: str, workdir: str) -> str:
     """The project's digits classifier (the hinton2015 teacher), trained once beside the
     tables: its penultimate features define FD."""
     config = load(f"hinton_teacher_digits:{'smoke' if scale == 'smoke' else 'local'}")
-    classifier_dir = _shared_dir(workdir, f"hinton_teacher_digits_{scale}")
-    train.train_and_evaluate(config, classifier_dir, progress=False)
-    return classifier_dir
+    return train_shared(config, workdir, f"hinton_teacher_digits_{scale}")[0]
 
 
 def _digit_features(classifier_dir: str):
-    module, params = checkpoint.load_model(classifier_dir)
-    apply = jax.jit(functools.partial(classifiers.penultimate_features, module))
+    classifier = loading.run(classifier_dir)
+    apply = jax.jit(functools.partial(classifiers.penultimate_features, classifier.module))
 
     def features(images):
         # Samples live in [-1, 1]; the classifier reads pixels in [0, 1].
-        return np.asarray(apply(params, jnp.clip((jnp.asarray(images) + 1) / 2, 0, 1)))
+        return np.asarray(apply(classifier.params,
+                                jnp.clip((jnp.asarray(images) + 1) / 2, 0, 1)))
 
     return features
 
 
-def _shared_dir(workdir: str, name: str) -> str:
-    """A directory beside the table's workdir, shared by every step-distillation table."""
-    return os.path.join(os.path.dirname(os.path.abspath(workdir)), name)
-
-
 def train_teacher(load: ConfigLoader, scale: str, kind: str, parameterization: str,
-                  workdir: str) -> str:
-    """The diffusion teacher of one data kind and parameterization, trained once (seed 0)
-    and resumed (evaluated only) by every later table."""
-    config = load(common.teacher_config(scale, kind, parameterization))
-    teacher_dir = _shared_dir(workdir, f"diffusion_{kind}_{parameterization}_{scale}")
-    train.train_and_evaluate(config, teacher_dir, progress=False)
-    return teacher_dir
+                  student: Student, workdir: str) -> str:
+    """The diffusion teacher of one data kind and parameterization (the one `student`'s config
+    names), trained once (seed 0) and resumed (evaluated only) by every later table."""
+    config = load(load(f"{student.config}:{scale},{kind}").teacher.config)
+    return train_shared(config, workdir, f"diffusion_{kind}_{parameterization}_{scale}")[0]
 
 
 def save_png(samples: np.ndarray, path: str, title: str) -> str:
     """A scatter plot (2-D points) or a grid of the first 64 images, as PNG."""
+    # Imported here, after choosing the file-only backend: importing pyplot first would pick an
+    # interactive one, and only the tables that draw PNGs need it.
     import matplotlib
 
     matplotlib.use("Agg")
@@ -202,13 +195,13 @@ def _sampled_row(setting: str, run_dirs: list[str], scorer: Scorer, sampler: str
 
 def _kind_rows(kind: str, scale: str, workdir: str, seeds: int, load: ConfigLoader,
                parameterization: str, students: tuple[Student, ...]) -> list[Row]:
-    teacher_dir = train_teacher(load, scale, kind, parameterization, workdir)
+    teacher_dir = train_teacher(load, scale, kind, parameterization, students[0], workdir)
     scorer = _scorer(kind, checkpoint.read_config(teacher_dir), load, scale, workdir)
     prefix = "2-D" if kind == "2d" else "digits"
     rows = [Row(f"{prefix}: data ({scorer.floor_note})", [scorer.floor] * seeds,
                 note=f"{scorer.metric} floor")]
     for sampler, steps in TEACHER_SAMPLERS:
-        nfe = diffusion.sampler_nfe(sampler, steps)
+        nfe = sampling.nfe(steps, sampler)
         rows.append(_sampled_row(
             f"{prefix}: teacher ({parameterization}), {sampler} NFE={nfe}", [teacher_dir] * seeds,
             scorer, sampler, steps, workdir))

@@ -26,7 +26,8 @@ SCM2024 = experiment(
     "Lu & Song (2024), sCM: continuous-time consistency in TrigFlow with the tangent by "
     "jax.jvp (tangent normalisation, warm-up, adaptive weighting): sCD distils the TrigFlow "
     "teacher, sCT trains from data alone. Two steps go through t = 1.1.",
-    "CIFAR-10 FID: sCD 3.66 (1 step) / 2.52 (2 steps), sCT 2.97 / 2.06; ImageNet-64 sCT 2.04 / 1.48",
+    "CIFAR-10 FID: sCD 3.66 (1 step) / 2.52 (2 steps), sCT 2.97 / 2.06; "
+    "ImageNet-64 sCT 2.04 / 1.48",
     "trigflow",
     (Student("sCD", "scm2024"),
      Student("sCT", "scm2024", {"method": "sct", "student_init.from_teacher": False})))

@@ -1,0 +1,80 @@
+"""The one way to load a trained model: a jaxdistill run's student or a Hugging Face model.
+
+A run directory is rebuilt from its config.json (the student's model settings and the dataset
+that fixes its input shapes) and its newest checkpoint; a pretrained model from its own files.
+`place` maps the model's logically annotated abstract params to the shardings its params are
+restored into, so a teacher lands directly in its layout and never as a full copy on one device.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+from typing import Any, Callable
+
+import flax.linen as nn
+import jax
+import ml_collections
+
+from jaxdistill import checkpoint, data, models
+from jaxdistill.errors import DistillError
+
+Placement = Callable[[Any], Any]  # boxed abstract params -> a tree of shardings
+
+
+@dataclasses.dataclass(frozen=True)
+class Loaded:
+    module: nn.Module
+    model_config: ml_collections.ConfigDict
+    params: Any                                        # {"params": ...}, placed
+    shardings: Any
+    run_config: ml_collections.ConfigDict | None       # None for a pretrained model
+
+
+def on_one_device(boxed) -> Any:
+    """Everything on the default device: for sampling or evaluating outside a training run."""
+    device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
+    return jax.tree.map(lambda _: device, nn.unbox(boxed))
+
+
+def _abstract(module: nn.Module, example_inputs) -> Any:
+    return jax.eval_shape(functools.partial(module.init, train=False), jax.random.key(0),
+                          *example_inputs)
+
+
+def run(run_dir: str, place: Placement = on_one_device, example_inputs=None) -> Loaded:
+    """The student of the finished run in `run_dir` (its EMA when it kept one), traced with
+    `example_inputs` (default: one example of the run's own dataset)."""
+    run_config = checkpoint.read_config(run_dir)
+    module = models.build(run_config.student)
+    if example_inputs is None:
+        example_inputs = data.spec(run_config.data).example_inputs()
+    boxed = _abstract(module, example_inputs)
+    shardings = place(boxed)
+    abstract = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
+                            nn.unbox(boxed), shardings)
+    params = checkpoint.load_params(run_dir, abstract,
+                                    ema=run_config.get("ema_decay", 0.0) > 0)
+    return Loaded(module, run_config.student, params, shardings, run_config)
+
+
+def pretrained(name: str, example_inputs, place: Placement = on_one_device) -> Loaded:
+    """A Hugging Face model (a directory or a known name), placed by `place`."""
+    loaded = models.from_pretrained(name)
+    shardings = place(_abstract(loaded.module, example_inputs))
+    params = jax.device_put({"params": loaded.params}, shardings)
+    return Loaded(loaded.module, ml_collections.ConfigDict(loaded.model_config), params,
+                  shardings, None)
+
+
+def teacher(config: ml_collections.ConfigDict, example_inputs,
+            place: Placement = on_one_device) -> Loaded:
+    """The teacher a config names: `teacher.pretrained`, else the run at `teacher.checkpoint`."""
+    if config.teacher.pretrained:
+        return pretrained(config.teacher.pretrained, example_inputs, place)
+    if not config.teacher.checkpoint:
+        raise DistillError(
+            f"method {config.method!r} needs a teacher: set config.teacher.checkpoint to a teacher"
+            " run's workdir (`jaxdistill train` trains one into WORKDIR/teacher when it is empty)"
+            " or config.teacher.pretrained to a Hugging Face model")
+    return run(config.teacher.checkpoint, place, example_inputs)

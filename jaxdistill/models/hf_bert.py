@@ -1,0 +1,106 @@
+"""A Hugging Face BERT (config.json, sentence-transformers' pooling files and a state dict) as
+`jaxdistill.models.Bert` settings and Flax params."""
+
+from __future__ import annotations
+
+import json
+import os
+from typing import Any
+
+import flax
+import jax
+import numpy as np
+
+from jaxdistill.errors import DistillError
+from jaxdistill.models.bert import Bert
+
+
+def _read_json(path: str) -> Any:
+    with open(path) as f:
+        return json.load(f)
+
+
+def bert_config(path: str) -> dict:
+    """`Bert` fields from a Hugging Face config.json (plus sentence-transformers' pooling files)."""
+    hf = _read_json(os.path.join(path, "config.json"))
+    problems = [f"{key}={hf.get(key)!r} (supported: {want!r})" for key, want in
+                (("model_type", "bert"), ("hidden_act", "gelu"),
+                 ("position_embedding_type", "absolute")) if hf.get(key, want) != want]
+    if problems:
+        raise DistillError(f"{path}/config.json is not a BERT this importer supports: "
+                           + ", ".join(problems))
+    config = {
+        "vocab_size": hf["vocab_size"], "hidden_size": hf["hidden_size"],
+        "num_layers": hf["num_hidden_layers"], "num_heads": hf["num_attention_heads"],
+        "mlp_dim": hf["intermediate_size"], "max_position": hf["max_position_embeddings"],
+        "type_vocab_size": hf["type_vocab_size"], "dropout": hf["hidden_dropout_prob"],
+        "layer_norm_eps": hf["layer_norm_eps"], "pooling": "cls", "normalize": False,
+    }
+    pooling_path = os.path.join(path, "1_Pooling", "config.json")
+    if os.path.exists(pooling_path):
+        mean = _read_json(pooling_path).get("pooling_mode_mean_tokens")
+        config["pooling"] = "mean" if mean else "cls"
+    modules_path = os.path.join(path, "modules.json")
+    if os.path.exists(modules_path):
+        config["normalize"] = any(m["type"].endswith("Normalize") for m in _read_json(modules_path))
+    return config
+
+
+def _layer_norm(prefix: str) -> dict[str, str]:
+    return {"scale": f"{prefix}.weight", "bias": f"{prefix}.bias"}
+
+
+def _hf_names(num_layers: int) -> dict[tuple[str, ...], str]:
+    """Flax parameter path -> Hugging Face tensor name."""
+    names = {
+        ("word_embeddings", "embedding"): "embeddings.word_embeddings.weight",
+        ("position_embeddings", "embedding"): "embeddings.position_embeddings.weight",
+        ("token_type_embeddings", "embedding"): "embeddings.token_type_embeddings.weight",
+        **{("embeddings_norm", k): v for k, v in _layer_norm("embeddings.LayerNorm").items()},
+    }
+    for i in range(num_layers):
+        hf, ours = f"encoder.layer.{i}.", f"layer_{i}"
+        for proj in ("query", "key", "value"):
+            for kind in ("kernel", "bias"):
+                names[(ours, "attention", proj, kind)] = (
+                    f"{hf}attention.self.{proj}.{'weight' if kind == 'kernel' else 'bias'}")
+        for ours_name, hf_name in (("attention_output", "attention.output.dense"),
+                                   ("intermediate", "intermediate.dense"),
+                                   ("output", "output.dense")):
+            names[(ours, ours_name, "kernel")] = f"{hf}{hf_name}.weight"
+            names[(ours, ours_name, "bias")] = f"{hf}{hf_name}.bias"
+        for ours_name, hf_name in (("attention_norm", "attention.output.LayerNorm"),
+                                   ("output_norm", "output.LayerNorm")):
+            for k, v in _layer_norm(hf + hf_name).items():
+                names[(ours, ours_name, k)] = v
+    return names
+
+
+def _to_flax(tensor: np.ndarray, path: tuple[str, ...], shape: tuple[int, ...]) -> np.ndarray:
+    """torch Linear stores [out, in]; Flax kernels are [in, out] (reshaped into heads here)."""
+    if path[-1] == "kernel":
+        tensor = tensor.T
+    return tensor.reshape(shape) if tensor.size == int(np.prod(shape)) else tensor
+
+
+def convert(tensors: dict[str, np.ndarray], module: Bert) -> dict:
+    """The Flax params of `module` from a Hugging Face BERT state dict (with or without `bert.`)."""
+    tensors = {k.removeprefix("bert."): v for k, v in tensors.items()}
+    abstract = flax.traverse_util.flatten_dict(jax.eval_shape(
+        lambda: flax.linen.unbox(module.init(jax.random.key(0), np.zeros((1, 1), np.int32),
+                                             np.ones((1, 1), np.int32), train=False))["params"]))
+    names = _hf_names(module.num_layers)
+    missing = sorted(names[p] for p in abstract if names.get(p) not in tensors)
+    if missing:
+        raise DistillError(f"the checkpoint lacks {len(missing)} tensors the config implies,"
+                           f" e.g. {missing[:3]}; does config.json match model.safetensors?")
+    flat = {}
+    for path, leaf in abstract.items():
+        value = _to_flax(np.asarray(tensors[names[path]], np.float32), path, leaf.shape)
+        if value.shape != leaf.shape:
+            raise DistillError(
+                f"tensor {names[path]} has shape {tensors[names[path]].shape}, but config.json"
+                f" implies {leaf.shape} for {'/'.join(path)}; the config does not match the"
+                " weights")
+        flat[path] = value
+    return flax.traverse_util.unflatten_dict(flat)
