@@ -8,6 +8,8 @@
     jaxdistill cache-teacher --config CONFIG --out DIR --top_k K [--split train]
         [--config.a.b=VALUE ...]
     jaxdistill methods
+    jaxdistill configs
+    jaxdistill --version
 
 A `DistillError` (bad input, a diverged run) ends the command with one line on stderr and exit
 status 2; anything else is a bug and keeps its traceback.
@@ -16,6 +18,8 @@ status 2; anything else is a bug and keeps its traceback.
 from __future__ import annotations
 
 import argparse
+import ast
+import os
 import sys
 
 import jax
@@ -23,6 +27,7 @@ import ml_collections
 from absl import flags
 from ml_collections import config_flags
 
+import jaxdistill
 from jaxdistill import cache_teacher, distributed, methods, reproduce, train
 from jaxdistill import config as config_lib
 from jaxdistill.errors import DistillError
@@ -136,16 +141,32 @@ def _methods(argv: list[str]) -> None:
         print(f"{name:<14} teacher: {method.teacher:<5} data: {', '.join(method.tasks) or 'any'}")
 
 
+def _configs(argv: list[str]) -> None:
+    argparse.ArgumentParser(prog="jaxdistill configs",
+                            description="List the configs that ship with jaxdistill.").parse_args(
+                                argv)
+    for name in config_lib.available():
+        with open(os.path.join(config_lib.configs_dir(), f"{name}.py")) as f:
+            summary = (ast.get_docstring(ast.parse(f.read())) or "").split("\n")[0]
+        print(f"{name:<22} {summary}")
+
+
 COMMANDS = {"train": _train, "reproduce": _reproduce, "cache-teacher": _cache_teacher,
-            "methods": _methods}
+            "methods": _methods, "configs": _configs}
 
 
 def main(argv: list[str] | None = None) -> None:
     argv = sys.argv[1:] if argv is None else argv
-    if not argv or argv[0] not in COMMANDS:
+    if argv and argv[0] == "--version":
+        print(f"jaxdistill {jaxdistill.__version__}")
+        return
+    if not argv or argv[0] in ("-h", "--help"):
         print(__doc__.strip(), file=sys.stderr)
-        sys.exit(0 if argv and argv[0] in ("-h", "--help") else 2)
+        sys.exit(0 if argv else 2)
     try:
+        if argv[0] not in COMMANDS:
+            raise DistillError(f"unknown command {argv[0]!r}; commands: {', '.join(COMMANDS)}"
+                               " (`jaxdistill --help` shows their usage)")
         COMMANDS[argv[0]](argv[1:])
     except DistillError as e:
         print(f"jaxdistill: error: {e}", file=sys.stderr)

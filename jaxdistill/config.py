@@ -14,6 +14,7 @@ import sys
 import types
 
 import ml_collections
+import numpy as np
 
 from jaxdistill.errors import DistillError
 
@@ -87,7 +88,16 @@ def resolve(spec: str) -> str:
 def load(spec: str) -> ml_collections.ConfigDict:
     """The ConfigDict of `spec` (see `resolve`), from its module's `get_config(ARG)`."""
     path, _, arg = resolve(spec).partition(":")
-    return _config_module(path).get_config(arg or None)
+    try:
+        module = _config_module(path)
+    except DistillError:
+        raise
+    except Exception as e:  # the file is the user's code: report its error on one line
+        raise DistillError(f"config file {path} does not load: {type(e).__name__}: {e}") from None
+    if not callable(getattr(module, "get_config", None)):
+        raise DistillError(f"config file {path} defines no get_config(arg); a config file"
+                           " returns its ConfigDict from get_config")
+    return module.get_config(arg or None)
 
 
 def _config_module(path: str) -> types.ModuleType:
@@ -132,6 +142,30 @@ def scale_of(arg: str | None) -> str:
     if scale not in SCALES:
         raise DistillError(f"unknown config variant {scale!r}; choose one of {', '.join(SCALES)}")
     return scale
+
+
+# Run settings that count or space out steps and examples: zero or less stalls, divides by zero
+# or (checkpoint.keep) silently keeps no checkpoint.
+_POSITIVE = ("total_steps", "batch_size", "eval_batch_size", "log_every", "eval_every",
+             "checkpoint.every_steps", "checkpoint.keep")
+
+
+def validate(config: ml_collections.ConfigDict) -> None:
+    """Refuses, before anything is built, run settings that cannot work."""
+    for key in _POSITIVE:
+        value = _get(config, key)
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise DistillError(f"config.{key}={value!r} must be a positive integer")
+    lr = config.optimizer.lr
+    if not (isinstance(lr, (int, float)) and 0 <= lr <= np.finfo(np.float32).max):
+        raise DistillError(f"config.optimizer.lr={lr!r} must be a finite number >= 0 (in float32);"
+                           " set it to a learning rate such as 1e-3")
+
+
+def _get(config: ml_collections.ConfigDict, dotted: str):
+    for key in dotted.split("."):
+        config = config[key]
+    return config
 
 
 def check_key(config: ml_collections.ConfigDict, dotted: str) -> None:

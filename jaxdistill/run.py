@@ -20,6 +20,7 @@ import jax
 import ml_collections
 import optax
 
+from jaxdistill import config as config_lib
 from jaxdistill import (
     data,
     evaluate,
@@ -115,6 +116,19 @@ def _check_batch_sizes(config, mesh) -> None:
                                " batch shards (mesh data × fsdp)")
 
 
+def _check_splits(config, dataset: data.DatasetSpec) -> None:
+    """The train and eval splits must exist (a TFDS slice such as 'train[:10%]' names 'train')."""
+    if not dataset.split_sizes:  # TFDS's mock data record no splits
+        return
+    named = [("data.train_split", config.data.train_split)]
+    named += [("eval_splits", split) for split in config.eval_splits]
+    for key, split in named:
+        if split.split("[")[0] not in dataset.split_sizes:
+            raise DistillError(
+                f"config.{key} names split {split!r}, which dataset {config.data.name!r} lacks;"
+                f" its splits are {', '.join(sorted(dataset.split_sizes))}")
+
+
 def _check_model(owner: str, model_config, dataset: data.DatasetSpec) -> None:
     """The model's output classes or vocabulary must be the dataset's."""
     for field, want in (("num_classes", dataset.num_classes), ("vocab_size", dataset.vocab_size)):
@@ -124,6 +138,10 @@ def _check_model(owner: str, model_config, dataset: data.DatasetSpec) -> None:
         if want is not None and have != want:
             what = (f"predicts {have} classes" if field == "num_classes"
                     else f"has a vocabulary of {have} tokens")
+            if owner == "teacher":  # a trained model: its size is not a setting
+                raise DistillError(f"the teacher {what} but the dataset has {want}; distil with a"
+                                   " teacher trained on this dataset (config.teacher.checkpoint"
+                                   " or config.teacher.pretrained)")
             fix = "" if field == "num_classes" else (
                 " (or tokenize with the model's own tokenizer, config.data.tokenizer)")
             raise DistillError(f"the {owner} {what} but the dataset has {want}; set"
@@ -142,9 +160,11 @@ def _load_teacher(config, mesh, dataset) -> loading.Loaded:
 def build(config: ml_collections.ConfigDict, *,
           devices: Sequence[jax.Device] | None = None) -> Run:
     """The run of `config`, which gains its method's settings at their defaults where unset."""
+    config_lib.validate(config)
     method = methods.get(config.method)
     config = methods.with_settings(config)
     dataset = data.spec(config.data)
+    _check_splits(config, dataset)
     method.check_task(dataset)
     _check_model("student", config.student, dataset)
     mesh = sharding.make_mesh(config.mesh, devices)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import jax
+import jax.numpy as jnp
 import optax
 
 from jaxdistill.methods import StatefulLoss, StateUpdate
@@ -34,6 +35,8 @@ def make_train_step(loss: StatefulLoss, optimizer: optax.GradientTransformation,
             "l2_grads": optax.global_norm(grads),
             "l2_updates": optax.global_norm(updates),
             "l2_params": optax.global_norm(params),
+            # Checked before every save: a checkpoint never holds a non-finite param.
+            "nonfinite_params": sum(jnp.sum(~jnp.isfinite(p)) for p in jax.tree.leaves(params)),
         }
         method_state = loss.update_state(state.method_state, state.step, value, metrics, params,
                                          batch)

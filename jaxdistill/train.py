@@ -55,23 +55,24 @@ def _checked(pending: list[tuple[int, dict]], workdir: str, last_good: int | Non
     fetched = jax.device_get(pending)
     pending.clear()
     for step, metrics in fetched:
-        loss = float(metrics["loss"])
-        if not np.isfinite(loss):
-            kept = (f"the last good checkpoint (step {last_good}) in {workdir}/checkpoints is"
-                    " intact"
-                    if last_good is not None else "no checkpoint was written yet")
-            raise NonFiniteLossError(
-                f"loss became {loss} at step {step}; training stopped and {kept}. Lower"
-                " config.optimizer.lr, set config.optimizer.grad_clip_norm, or check the inputs",
-                step)
+        loss, nonfinite = float(metrics["loss"]), int(metrics["nonfinite_params"])
+        if np.isfinite(loss) and not nonfinite:
+            continue
+        what = (f"loss became {loss}" if not np.isfinite(loss) else
+                f"{nonfinite} params became non-finite (the loss was {loss:.4g})")
+        kept = (f"the last good checkpoint (step {last_good}) in {workdir}/checkpoints is"
+                " intact" if last_good is not None else "no checkpoint was written yet")
+        raise NonFiniteLossError(
+            f"{what} at step {step}; training stopped and {kept}. Lower config.optimizer.lr,"
+            " set config.optimizer.grad_clip_norm, or check the inputs", step)
     return {key: float(value) for key, value in fetched[-1][1].items()}
 
 
 def _teacher_ready(config: ml_collections.ConfigDict, workdir: str, devices, progress: bool):
     """Trains the teacher into WORKDIR/teacher when the method needs one and none is given."""
     if (not methods.get(config.method).needs_teacher or config.teacher.checkpoint
-            or config.teacher.pretrained):
-        return config
+            or config.teacher.pretrained or not config.teacher.config):
+        return config  # ready, not needed, or not named: `build` then says what is missing
     teacher_config = config_lib.load(config.teacher.config)
     # An independent draw: a teacher of the student's own architecture (born-again chains) must
     # not start from the student's initialisation and data order.
@@ -136,12 +137,15 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
                        stop_after_steps: int | None = None, devices=None,
                        progress: bool = True) -> dict:
     """Trains (or resumes) the run in `workdir`; returns its summary (also printed)."""
+    config_lib.validate(config)  # before a teacher trains for it
     config = _teacher_ready(config, workdir, devices, progress)
     run = build(config, devices=devices)
     checkpoint.write_config(workdir, config)
     checkpointer = checkpoint.Checkpointer(workdir, config.checkpoint)
     last_good = checkpointer.latest_step()
     start = last_good or 0
+    if last_good is not None and jax.process_index() == 0:
+        print(f"{workdir}: resuming from step {last_good} (checkpoints/{last_good})", flush=True)
     batches, memory_report = _batches_within_memory(run, start)
     state = (run.init() if last_good is None
              else checkpointer.restore(last_good, run.abstract_state()))
@@ -151,7 +155,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
     bar = tqdm.tqdm(total=config.total_steps, initial=start, unit="step", dynamic_ncols=True,
                     desc=os.path.basename(os.path.normpath(workdir)),
                     disable=not progress or jax.process_index() != 0)
-    pending, train_metrics, eval_metrics, preempted = [], {}, {}, False
+    pending, train_metrics, eval_metrics, preempted, evaluated_at = [], {}, {}, False, None
     started = time.perf_counter()
     try:
         with distributed.PreemptionWatch() as preemption:
@@ -167,15 +171,15 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
                     bar.set_postfix(loss=f"{train_metrics['loss']:.4f}", refresh=False)
                 if not preempted and (step % config.eval_every == 0
                                       or step == config.total_steps):
-                    eval_metrics = _evaluate_all(run, state, writer, step)
+                    eval_metrics, evaluated_at = _evaluate_all(run, state, writer, step), step
                 if save:
                     checkpointer.save(step, state)
                     last_good = step
                 bar.update(1)
                 if preempted:
                     break
-        if not eval_metrics and not preempted:  # nothing left to train: report the restored state
-            eval_metrics = _evaluate_all(run, state, writer, start)
+        if not preempted and evaluated_at != int(state.step):  # stopped off an eval step
+            eval_metrics = _evaluate_all(run, state, writer, int(state.step))
     finally:
         bar.close()
         checkpointer.close()

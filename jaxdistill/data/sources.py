@@ -4,6 +4,7 @@ use) and random-access array_record sources of their splits."""
 from __future__ import annotations
 
 import functools
+import os
 
 import ml_collections
 import tensorflow_datasets as tfds
@@ -24,6 +25,10 @@ def builder(data_config: ml_collections.ConfigDict) -> tfds.core.DatasetBuilder:
 
 @functools.lru_cache(maxsize=16)
 def _builder(name: str, data_dir: str | None) -> tfds.core.DatasetBuilder:
+    if not name or os.path.exists(name):
+        raise DistillError(
+            f"config.data.name={name!r} must name a TFDS dataset ({' or '.join(map(repr, BUNDLED))}"
+            " offline, or one such as 'mnist' prepared under config.data.data_dir)")
     try:
         found = tfds.builder(name, data_dir=data_dir)
     except tfds.core.registered.DatasetNotFoundError:
