@@ -90,14 +90,14 @@ def load(spec: str) -> ml_collections.ConfigDict:
     path, _, arg = resolve(spec).partition(":")
     try:
         module = _config_module(path)
+        if not callable(getattr(module, "get_config", None)):
+            raise DistillError(f"config file {path} defines no get_config(arg); a config file"
+                               " returns its ConfigDict from get_config")
+        return module.get_config(arg or None)
     except DistillError:
         raise
     except Exception as e:  # the file is the user's code: report its error on one line
         raise DistillError(f"config file {path} does not load: {type(e).__name__}: {e}") from None
-    if not callable(getattr(module, "get_config", None)):
-        raise DistillError(f"config file {path} defines no get_config(arg); a config file"
-                           " returns its ConfigDict from get_config")
-    return module.get_config(arg or None)
 
 
 def _config_module(path: str) -> types.ModuleType:

@@ -20,6 +20,7 @@ from jaxdistill import checkpoint, data, models
 from jaxdistill.errors import DistillError
 
 Placement = Callable[[Any], Any]  # boxed abstract params -> a tree of shardings
+ModelCheck = Callable[[ml_collections.ConfigDict], None]  # raises on a model that cannot serve
 
 
 @dataclasses.dataclass(frozen=True)
@@ -42,10 +43,13 @@ def _abstract(module: nn.Module, example_inputs) -> Any:
                           *example_inputs)
 
 
-def run(run_dir: str, place: Placement = on_one_device, example_inputs=None) -> Loaded:
+def run(run_dir: str, place: Placement = on_one_device, example_inputs=None,
+        check: ModelCheck = lambda model_config: None) -> Loaded:
     """The student of the finished run in `run_dir` (its EMA when it kept one), traced with
-    `example_inputs` (default: one example of the run's own dataset)."""
+    `example_inputs` (default: one example of the run's own dataset); `check` sees its model
+    settings before anything is restored."""
     run_config = checkpoint.read_config(run_dir)
+    check(run_config.student)
     module = models.build(run_config.student)
     if example_inputs is None:
         example_inputs = data.spec(run_config.data).example_inputs()
@@ -58,9 +62,11 @@ def run(run_dir: str, place: Placement = on_one_device, example_inputs=None) -> 
     return Loaded(module, run_config.student, params, shardings, run_config)
 
 
-def pretrained(name: str, example_inputs, place: Placement = on_one_device) -> Loaded:
+def pretrained(name: str, example_inputs, place: Placement = on_one_device,
+               check: ModelCheck = lambda model_config: None) -> Loaded:
     """A Hugging Face model (a directory or a known name), placed by `place`."""
     loaded = models.from_pretrained(name)
+    check(ml_collections.ConfigDict(loaded.model_config))
     shardings = place(_abstract(loaded.module, example_inputs))
     params = jax.device_put({"params": loaded.params}, shardings)
     return Loaded(loaded.module, ml_collections.ConfigDict(loaded.model_config), params,
@@ -68,13 +74,14 @@ def pretrained(name: str, example_inputs, place: Placement = on_one_device) -> L
 
 
 def teacher(config: ml_collections.ConfigDict, example_inputs,
-            place: Placement = on_one_device) -> Loaded:
+            place: Placement = on_one_device,
+            check: ModelCheck = lambda model_config: None) -> Loaded:
     """The teacher a config names: `teacher.pretrained`, else the run at `teacher.checkpoint`."""
     if config.teacher.pretrained:
-        return pretrained(config.teacher.pretrained, example_inputs, place)
+        return pretrained(config.teacher.pretrained, example_inputs, place, check)
     if not config.teacher.checkpoint:
         raise DistillError(
             f"method {config.method!r} needs a teacher: set config.teacher.checkpoint to a teacher"
             " run's workdir (`jaxdistill train` trains one into WORKDIR/teacher when it is empty)"
             " or config.teacher.pretrained to a Hugging Face model")
-    return run(config.teacher.checkpoint, place, example_inputs)
+    return run(config.teacher.checkpoint, place, example_inputs, check)

@@ -150,11 +150,10 @@ def _check_model(owner: str, model_config, dataset: data.DatasetSpec) -> None:
 
 def _load_teacher(config, mesh, dataset) -> loading.Loaded:
     """The teacher module and its frozen params, placed straight into the teacher layout."""
-    teacher = loading.teacher(
+    return loading.teacher(
         config, dataset.example_inputs(),
-        lambda boxed: sharding.param_shardings(boxed, mesh, config.sharding.teacher, "teacher"))
-    _check_model("teacher", teacher.model_config, dataset)
-    return teacher
+        lambda boxed: sharding.param_shardings(boxed, mesh, config.sharding.teacher, "teacher"),
+        check=lambda model_config: _check_model("teacher", model_config, dataset))
 
 
 def build(config: ml_collections.ConfigDict, *,

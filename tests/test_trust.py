@@ -116,3 +116,57 @@ def test_validate_refuses_what_the_cli_refuses(smoke_config):
     with pytest.raises(DistillError, match="config.batch_size=0"):
         config_lib.validate(config)
     assert np.isfinite(smoke_config("hinton_teacher_digits").optimizer.lr)
+
+
+@pytest.mark.parametrize("source, expected", [
+    ("def get_config(arg):\n    return {", "does not load: SyntaxError"),
+    ("def get_config(arg):\n    return undefined_name\n", "NameError: name 'undefined_name'"),
+    ("CONFIG = 1\n", "defines no get_config(arg)"),
+])
+def test_a_broken_config_file_is_one_line(capsys, tmp_path, data_dir, source, expected):
+    path = tmp_path / "broken.py"
+    path.write_text(source)
+    with pytest.raises(SystemExit):
+        cli.main(["train", f"--config={path}", f"--workdir={tmp_path / 'run'}"])
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 1 and expected in lines[0], lines
+
+
+@pytest.mark.parametrize("name", ["", "/tmp"])
+def test_a_data_name_that_is_no_dataset_is_refused(capsys, tmp_path, data_dir, name):
+    line = _error_line(capsys, f"--config.data.name={name}", data_dir=data_dir, tmp_path=tmp_path)
+    assert f"config.data.name={name!r} must name a TFDS dataset" in line
+
+
+def test_kd_without_any_teacher_says_it_needs_one(capsys, tmp_path, data_dir):
+    with pytest.raises(SystemExit):
+        cli.main(["train", "--config=configs/hinton_kd_digits.py:smoke", f"--workdir={tmp_path}",
+                  "--no_progress", f"--config.data.data_dir={data_dir}",
+                  "--config.teacher.config="])
+    assert "method 'kd' needs a teacher" in capsys.readouterr().err
+
+
+def test_a_teacher_of_another_size_names_no_setting_that_does_not_exist(capsys, tmp_path,
+                                                                        data_dir, teacher_dir):
+    with pytest.raises(SystemExit):
+        cli.main(["train", "--config=configs/gkd_docs.py:smoke", f"--workdir={tmp_path}",
+                  "--no_progress", f"--config.data.data_dir={data_dir}",
+                  f"--config.teacher.checkpoint={teacher_dir}"])
+    error = capsys.readouterr().err
+    assert "distil with a teacher trained on this dataset" in error
+    assert "config.teacher.vocab_size" not in error and "config.teacher.num_classes" not in error
+
+
+def test_resuming_says_from_which_step(capsys, smoke_config, tmp_path):
+    config = smoke_config("hinton_teacher_digits")
+    train.train_and_evaluate(config, str(tmp_path), stop_after_steps=10, progress=False)
+    capsys.readouterr()
+    train.train_and_evaluate(config, str(tmp_path), stop_after_steps=1, progress=False)
+    assert f"{tmp_path}: resuming from step 10 (checkpoints/10)" in capsys.readouterr().out
+
+
+def test_configs_lists_the_shipped_configs(capsys):
+    cli.main(["configs"])
+    out = capsys.readouterr().out
+    assert out.startswith("born_again_digits ") and "hinton_kd_digits " in out
+    assert "common" not in out.split()
