@@ -30,7 +30,7 @@ from ml_collections import config_flags
 import jaxdistill
 from jaxdistill import cache_teacher, distributed, methods, reproduce, train
 from jaxdistill import config as config_lib
-from jaxdistill.errors import DistillError
+from jaxdistill.errors import DistillError, Preempted
 
 
 def _train_parser() -> argparse.ArgumentParser:
@@ -86,13 +86,15 @@ def _train(argv: list[str]) -> None:
     distributed.initialize(args.distributed, args.coordinator_address, args.num_processes,
                            args.process_id)
 
-    summary = train.train_and_evaluate(config, args.workdir, stop_after_steps=args.stop_after_steps,
-                                       progress=not args.no_progress)
+    try:
+        train.train_and_evaluate(config, args.workdir, stop_after_steps=args.stop_after_steps,
+                                 progress=not args.no_progress)
+    except Preempted:
+        jax.distributed.shutdown()
+        sys.exit(args.preempted_exit_code)
     # Leave the multi-process runtime while every process is here, rather than in atexit
     # handlers that also tear down checkpoint and writer threads (a no-op for one process).
     jax.distributed.shutdown()
-    if summary["preempted"]:
-        sys.exit(args.preempted_exit_code)
 
 
 def _reproduce(argv: list[str]) -> None:
@@ -106,14 +108,22 @@ def _reproduce(argv: list[str]) -> None:
     parser.add_argument("--seeds", type=int, default=None,
                         help="number of seeds (default per table)")
     parser.add_argument("--data_dir", default="", help="TFDS data directory (default TFDS's own)")
+    parser.add_argument("--preempted_exit_code", type=int, default=0,
+                        help="exit status after a SIGTERM stopped a run (the same command"
+                             " resumes every run where it stopped)")
     args = parser.parse_args(argv)
     if args.list or not args.name:
         for name, experiment in reproduce.EXPERIMENTS.items():
             summary = experiment.description.split("\n\n")[0]  # the table's own paragraph
             print(f"{name:<16} {summary}")
         return
-    reproduce.run(args.name, scale=args.scale, out=args.out, workdir=args.workdir,
-                  seeds=args.seeds, data_dir=args.data_dir)
+    try:
+        reproduce.run(args.name, scale=args.scale, out=args.out, workdir=args.workdir,
+                      seeds=args.seeds, data_dir=args.data_dir)
+    except Preempted as stopped:
+        print(f"jaxdistill: {stopped}; no table was written, and the same command resumes",
+              file=sys.stderr)
+        sys.exit(args.preempted_exit_code)
 
 
 def _cache_teacher(argv: list[str]) -> None:

@@ -45,7 +45,9 @@ def base() -> ml_collections.ConfigDict:
     c.student = ml_collections.ConfigDict({"model": "mlp", "num_classes": 10})
     # The teacher: a jaxdistill run's workdir (checkpoint), the config that trains one when that
     # is empty, or a Hugging Face model (pretrained: a directory or a known name).
-    c.teacher = ml_collections.ConfigDict({"checkpoint": "", "config": "", "pretrained": ""})
+    # allow_unfinished: distil from a teacher run that has not trained all its steps.
+    c.teacher = ml_collections.ConfigDict({"checkpoint": "", "config": "", "pretrained": "",
+                                           "allow_unfinished": False})
     # teacher_layers: copy the teacher's embeddings and these layers into the student (DistilBERT
     # and MiniLM students), e.g. (0, 2, 5); empty initialises the student from scratch.
     # from_teacher starts the student as a copy of the whole teacher (consistency distillation,
@@ -157,7 +159,7 @@ def validate(config: ml_collections.ConfigDict) -> None:
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
             raise DistillError(f"config.{key}={value!r} must be a positive integer")
     lr = config.optimizer.lr
-    if not (isinstance(lr, (int, float)) and 0 <= lr <= np.finfo(np.float32).max):
+    if not (isinstance(lr, (int, float)) and 0 <= lr <= float(np.finfo(np.float32).max)):
         raise DistillError(f"config.optimizer.lr={lr!r} must be a finite number >= 0 (in float32);"
                            " set it to a learning rate such as 1e-3")
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import os
 from typing import Any, Callable
 
 import flax.linen as nn
@@ -30,6 +31,9 @@ class Loaded:
     params: Any                                        # {"params": ...}, placed
     shardings: Any
     run_config: ml_collections.ConfigDict | None       # None for a pretrained model
+    # A run's checkpoint: {"checkpoint", "step", "fingerprint"}; None for a pretrained model.
+    identity: dict | None = None
+    tokenizer: Any = None  # a pretrained model's own `tokenizers.Tokenizer`, when it has one
 
 
 def on_one_device(boxed) -> Any:
@@ -44,12 +48,19 @@ def _abstract(module: nn.Module, example_inputs) -> Any:
 
 
 def run(run_dir: str, place: Placement = on_one_device, example_inputs=None,
-        check: ModelCheck = lambda model_config: None) -> Loaded:
-    """The student of the finished run in `run_dir` (its EMA when it kept one), traced with
-    `example_inputs` (default: one example of the run's own dataset); `check` sees its model
-    settings before anything is restored."""
+        check: ModelCheck = lambda model_config: None, finished: bool = False) -> Loaded:
+    """The student of the run in `run_dir` at its newest checkpoint (its EMA when it kept one),
+    traced with `example_inputs` (default: one example of the run's own dataset); `check` sees
+    its model settings before anything is restored. With `finished` the run must have trained
+    all of its steps."""
     run_config = checkpoint.read_config(run_dir)
     check(run_config.student)
+    step = checkpoint.newest_step(run_dir)
+    if finished and step < run_config.total_steps:
+        raise DistillError(
+            f"the teacher at {run_dir} has trained {step} of its {run_config.total_steps} steps;"
+            f" finish it (`jaxdistill train --workdir {run_dir} ...`) or set"
+            " config.teacher.allow_unfinished=True to distil from it as it is")
     module = models.build(run_config.student)
     if example_inputs is None:
         example_inputs = data.spec(run_config.data).example_inputs()
@@ -57,9 +68,11 @@ def run(run_dir: str, place: Placement = on_one_device, example_inputs=None,
     shardings = place(boxed)
     abstract = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
                             nn.unbox(boxed), shardings)
-    params = checkpoint.load_params(run_dir, abstract,
+    params = checkpoint.load_params(run_dir, abstract, step=step,
                                     ema=run_config.get("ema_decay", 0.0) > 0)
-    return Loaded(module, run_config.student, params, shardings, run_config)
+    identity = {"checkpoint": os.path.abspath(run_dir), "step": step,
+                "fingerprint": checkpoint.fingerprint(run_dir, step)}
+    return Loaded(module, run_config.student, params, shardings, run_config, identity)
 
 
 def pretrained(name: str, example_inputs, place: Placement = on_one_device,
@@ -70,7 +83,7 @@ def pretrained(name: str, example_inputs, place: Placement = on_one_device,
     shardings = place(_abstract(loaded.module, example_inputs))
     params = jax.device_put({"params": loaded.params}, shardings)
     return Loaded(loaded.module, ml_collections.ConfigDict(loaded.model_config), params,
-                  shardings, None)
+                  shardings, None, tokenizer=loaded.tokenizer)
 
 
 def teacher(config: ml_collections.ConfigDict, example_inputs,
@@ -84,4 +97,5 @@ def teacher(config: ml_collections.ConfigDict, example_inputs,
             f"method {config.method!r} needs a teacher: set config.teacher.checkpoint to a teacher"
             " run's workdir (`jaxdistill train` trains one into WORKDIR/teacher when it is empty)"
             " or config.teacher.pretrained to a Hugging Face model")
-    return run(config.teacher.checkpoint, place, example_inputs, check)
+    return run(config.teacher.checkpoint, place, example_inputs, check,
+               finished=not config.teacher.allow_unfinished)

@@ -46,6 +46,7 @@ class Run:
     student: nn.Module
     teacher: nn.Module | None
     teacher_params: Any
+    teacher_identity: dict | None  # which run checkpoint teaches (see `checkpoint.pin_teacher`)
     optimizer: optax.GradientTransformation
     lr_schedule: optax.Schedule
     loss: methods.StatefulLoss
@@ -148,12 +149,43 @@ def _check_model(owner: str, model_config, dataset: data.DatasetSpec) -> None:
                                f" config.{owner}.{field}={want}{fix}")
 
 
+def _teacher_tokenizer(teacher: loading.Loaded):
+    """The tokenizer a teacher learned with: a pretrained model's own, or its run's data's."""
+    if teacher.run_config is None:
+        return teacher.tokenizer
+    teacher_data = teacher.run_config.get("data")
+    return data.tokenizer(teacher_data) if teacher_data and teacher_data.tokenizer else None
+
+
+def _check_tokenizer(config, teacher: loading.Loaded, dataset: data.DatasetSpec) -> None:
+    """A text teacher must read the data's token ids as its own tokens: a tokenizer of the same
+    size but another vocabulary would pass every size check and feed the teacher garbage."""
+    theirs = _teacher_tokenizer(teacher) if dataset.task in ("lm", "sentences") else None
+    if theirs is None:
+        return
+    ours, their_vocab = data.tokenizer(config.data).get_vocab(), theirs.get_vocab()
+    if ours == their_vocab:
+        return
+    our_tokens = {i: token for token, i in ours.items()}
+    their_tokens = {i: token for token, i in their_vocab.items()}
+    first = min(i for i in our_tokens.keys() | their_tokens.keys()
+                if our_tokens.get(i) != their_tokens.get(i))
+    raise DistillError(
+        f"the data's tokenizer ({config.data.name}, {config.data.tokenizer}) is not the"
+        f" teacher's: token {first} is {our_tokens.get(first)!r} in the data but"
+        f" {their_tokens.get(first)!r} for the teacher; tokenize the data with the teacher's"
+        " tokenizer (config.data.tokenizer, and the teacher's config.data.name for a trained"
+        " bpe tokenizer)")
+
+
 def _load_teacher(config, mesh, dataset) -> loading.Loaded:
     """The teacher module and its frozen params, placed straight into the teacher layout."""
-    return loading.teacher(
+    teacher = loading.teacher(
         config, dataset.example_inputs(),
         lambda boxed: sharding.param_shardings(boxed, mesh, config.sharding.teacher, "teacher"),
         check=lambda model_config: _check_model("teacher", model_config, dataset))
+    _check_tokenizer(config, teacher, dataset)
+    return teacher
 
 
 def build(config: ml_collections.ConfigDict, *,
@@ -214,7 +246,8 @@ def build(config: ml_collections.ConfigDict, *,
     )
     return Run(
         config=config, dataset=dataset, mesh=mesh, method=method, student=student,
-        teacher=teacher, teacher_params=teacher_params, optimizer=optimizer,
+        teacher=teacher, teacher_params=teacher_params,
+        teacher_identity=None if loaded is None else loaded.identity, optimizer=optimizer,
         lr_schedule=lr_schedule, loss=loss, state_shardings=state_shardings,
         _init=jax.jit(init_state, in_shardings=(None, teacher_shardings),
                       out_shardings=state_shardings),

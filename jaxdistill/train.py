@@ -9,45 +9,69 @@ at one agreed step, saves it and returns; the same command resumes exactly there
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import json
 import os
 import time
+from typing import Any
 
 import jax
 import ml_collections
 import numpy as np
-import tensorboardX
 import tqdm
+from tensorboardX import summary as tensorboard_summary
+from tensorboardX.event_file_writer import EventsWriter
+from tensorboardX.proto import event_pb2
 
 from jaxdistill import checkpoint, data, distributed, evaluate, memory, methods
 from jaxdistill import config as config_lib
-from jaxdistill.errors import NonFiniteLossError
+from jaxdistill.errors import DistillError, NonFiniteLossError, Preempted
 from jaxdistill.run import Run, build
 
 
 class MetricWriter:
-    """metrics.jsonl plus TensorBoard event files, written by process 0 only."""
+    """metrics.jsonl (each line with its wall-clock `time`) plus TensorBoard event files, written
+    by process 0 only and synchronously: a write that fails (a full disk) raises here, where a
+    background writer thread would die and leave the next write waiting on it forever."""
 
     def __init__(self, workdir: str):
+        self.workdir = workdir
         self.enabled = jax.process_index() == 0
         if self.enabled:
-            self.jsonl = open(os.path.join(workdir, "metrics.jsonl"), "a")
-            self.tensorboard = tensorboardX.SummaryWriter(os.path.join(workdir, "tensorboard"))
+            try:
+                os.makedirs(os.path.join(workdir, "tensorboard"), exist_ok=True)
+                self.jsonl = open(os.path.join(workdir, "metrics.jsonl"), "a")
+                self.events = EventsWriter(os.path.join(workdir, "tensorboard", "events"))
+            except OSError as e:
+                raise self._cannot_write("the metrics", e) from None
 
     def write(self, step: int, metrics: dict[str, float], split: str | None = None) -> None:
         if not self.enabled:
             return
-        record = {"step": step, **({"split": split} if split else {}), **metrics}
-        self.jsonl.write(json.dumps(record) + "\n")
-        self.jsonl.flush()
-        for key, value in metrics.items():
-            self.tensorboard.add_scalar(f"{split or 'train'}/{key}", value, step)
+        now = time.time()
+        record = {"step": step, **({"split": split} if split else {}), "time": now, **metrics}
+        try:
+            self.jsonl.write(json.dumps(record) + "\n")
+            self.jsonl.flush()
+            for key, value in metrics.items():
+                self.events.write_event(event_pb2.Event(
+                    wall_time=now, step=step,
+                    summary=tensorboard_summary.scalar(f"{split or 'train'}/{key}", value)))
+            self.events.flush()
+        except OSError as e:
+            raise self._cannot_write(f"the metrics of step {step}", e) from None
+
+    def _cannot_write(self, what: str, error: OSError) -> DistillError:
+        return DistillError(
+            f"cannot write {what} under {self.workdir} ({error.strerror}); free space there (or"
+            " fix its permissions) and rerun the same command: it resumes from the last good"
+            " checkpoint")
 
     def close(self) -> None:
         if self.enabled:
             self.jsonl.close()
-            self.tensorboard.close()
+            self.events.close()
 
 
 def _checked(pending: list[tuple[int, dict]], workdir: str, last_good: int | None) -> dict:
@@ -133,63 +157,91 @@ def _batches_within_memory(run: Run, start: int):
     return itertools.chain([first_batch], batches), report
 
 
+@dataclasses.dataclass
+class _Progress:
+    """What the loop has done so far: the state and the latest train and eval metrics."""
+
+    state: Any
+    last_good: int | None
+    train: dict = dataclasses.field(default_factory=dict)
+    eval: dict = dataclasses.field(default_factory=dict)
+    evaluated_at: int | None = None
+    preempted: bool = False
+
+
+def _train_steps(run: Run, progress: _Progress, batches, end: int, checkpointer, writer, bar,
+                 preemption, workdir: str) -> None:
+    """Steps up to `end`: logs (after checking every step's loss and params), evaluates,
+    checkpoints, and stops at the step a SIGTERM agreed on."""
+    config = run.config
+    pending = []
+    for step in range(int(progress.state.step) + 1, end + 1):
+        progress.state, metrics = run.train_step(progress.state, next(batches))
+        pending.append((step, metrics))
+        progress.preempted = preemption.stop(step)
+        save = (step % config.checkpoint.every_steps == 0 or step == end
+                or progress.preempted)
+        if step % config.log_every == 0 or save:
+            progress.train = _checked(pending, workdir, progress.last_good)
+            writer.write(step, progress.train)
+            bar.set_postfix(loss=f"{progress.train['loss']:.4f}", refresh=False)
+        if not progress.preempted and (step % config.eval_every == 0
+                                       or step == config.total_steps):
+            progress.eval, progress.evaluated_at = _evaluate_all(run, progress.state, writer,
+                                                                 step), step
+        if save:
+            checkpointer.save(step, progress.state)
+            progress.last_good = step
+        bar.update(1)
+        if progress.preempted:
+            return
+
+
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
                        stop_after_steps: int | None = None, devices=None,
                        progress: bool = True) -> dict:
-    """Trains (or resumes) the run in `workdir`; returns its summary (also printed)."""
+    """Trains (or resumes) the run in `workdir`; returns its summary (also printed). A SIGTERM
+    saves the step it stopped at and raises `Preempted`."""
     config_lib.validate(config)  # before a teacher trains for it
-    config = _teacher_ready(config, workdir, devices, progress)
-    run = build(config, devices=devices)
-    checkpoint.write_config(workdir, config)
-    checkpointer = checkpoint.Checkpointer(workdir, config.checkpoint)
-    last_good = checkpointer.latest_step()
-    start = last_good or 0
-    if last_good is not None and jax.process_index() == 0:
-        print(f"{workdir}: resuming from step {last_good} (checkpoints/{last_good})", flush=True)
-    batches, memory_report = _batches_within_memory(run, start)
-    state = (run.init() if last_good is None
-             else checkpointer.restore(last_good, run.abstract_state()))
-    end = config.total_steps if stop_after_steps is None else min(
-        config.total_steps, start + stop_after_steps)
-    writer = MetricWriter(workdir)
-    bar = tqdm.tqdm(total=config.total_steps, initial=start, unit="step", dynamic_ncols=True,
-                    desc=os.path.basename(os.path.normpath(workdir)),
-                    disable=not progress or jax.process_index() != 0)
-    pending, train_metrics, eval_metrics, preempted, evaluated_at = [], {}, {}, False, None
-    started = time.perf_counter()
-    try:
-        with distributed.PreemptionWatch() as preemption:
-            for step in range(start + 1, end + 1):
-                state, metrics = run.train_step(state, next(batches))
-                pending.append((step, metrics))
-                preempted = preemption.stop(step)
-                is_last = step == end or preempted
-                save = step % config.checkpoint.every_steps == 0 or is_last
-                if step % config.log_every == 0 or save:
-                    train_metrics = _checked(pending, workdir, last_good)
-                    writer.write(step, train_metrics)
-                    bar.set_postfix(loss=f"{train_metrics['loss']:.4f}", refresh=False)
-                if not preempted and (step % config.eval_every == 0
-                                      or step == config.total_steps):
-                    eval_metrics, evaluated_at = _evaluate_all(run, state, writer, step), step
-                if save:
-                    checkpointer.save(step, state)
-                    last_good = step
-                bar.update(1)
-                if preempted:
-                    break
-        if not preempted and evaluated_at != int(state.step):  # stopped off an eval step
-            eval_metrics = _evaluate_all(run, state, writer, int(state.step))
-    finally:
-        bar.close()
-        checkpointer.close()
-        writer.close()
+    # SIGTERM is caught from here until the last save has finished: a signal during start-up, or
+    # a second one during the preemption save, stops the run at a step instead of killing it.
+    with distributed.PreemptionWatch() as preemption, checkpoint.workdir_lock(workdir):
+        config = _teacher_ready(config, workdir, devices, progress)
+        run = build(config, devices=devices)
+        checkpoint.write_config(workdir, config)
+        checkpoint.pin_teacher(workdir, run.teacher_identity)
+        checkpointer = checkpoint.Checkpointer(workdir, config.checkpoint)
+        restored = checkpointer.restore_newest(run.abstract_state())
+        last_good, state = restored or (None, None)
+        start = last_good or 0
+        if last_good is not None and jax.process_index() == 0:
+            print(f"{workdir}: resuming from step {last_good} (checkpoints/{last_good})",
+                  flush=True)
+        batches, memory_report = _batches_within_memory(run, start)
+        done = _Progress(run.init() if state is None else state, last_good)
+        end = config.total_steps if stop_after_steps is None else min(
+            config.total_steps, start + stop_after_steps)
+        writer = MetricWriter(workdir)
+        bar = tqdm.tqdm(total=config.total_steps, initial=start, unit="step", dynamic_ncols=True,
+                        desc=os.path.basename(os.path.normpath(workdir)),
+                        disable=not progress or jax.process_index() != 0)
+        started = time.perf_counter()
+        try:
+            _train_steps(run, done, batches, end, checkpointer, writer, bar, preemption, workdir)
+            step = int(done.state.step)
+            if not done.preempted and done.evaluated_at != step:  # stopped off an eval step
+                done.eval = _evaluate_all(run, done.state, writer, step)
+        finally:
+            bar.close()
+            checkpointer.close()
+            writer.close()
     wall = time.perf_counter() - started
-    step = int(state.step)
+    step = int(done.state.step)
     summary = {"workdir": workdir, "method": config.method, "step": step,
                "total_steps": config.total_steps, "wall_s": wall,
-               "steps_per_s": (step - start) / wall,
-               "preempted": preempted,
-               "train": train_metrics, "eval": eval_metrics, "memory": memory_report}
+               "steps_per_s": (step - start) / wall, "preempted": done.preempted,
+               "train": done.train, "eval": done.eval, "memory": memory_report}
     _print_summary(summary)
+    if done.preempted:
+        raise Preempted(summary)
     return summary

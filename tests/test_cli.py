@@ -105,6 +105,7 @@ def test_console_script_trains_and_resumes(tmp_path, data_dir):
 def test_resuming_with_another_model_is_refused(capsys, tmp_path, data_dir):
     (tmp_path / "config.json").write_text(json.dumps(
         {"method": "supervised", "student": {"model": "mlp", "hidden": [8], "num_classes": 10}}))
+    (tmp_path / "checkpoints" / "40").mkdir(parents=True)  # the run got as far as a checkpoint
     line = _error_line(capsys, _train_argv(tmp_path, data_dir, "--config.method=supervised"))
     assert "different config.student" in line and "new --workdir" in line
 

@@ -245,3 +245,10 @@ def test_adding_a_split_at_another_temperature_is_refused(student_config, teache
     config = student_config(**{"loss.temperature": 1.0})
     with pytest.raises(DistillError, match="other temperature"):
         cache_teacher.write(config, teacher_cache_dir, 8, split="validation")
+
+
+def test_a_teacher_with_another_tokenizer_of_the_same_size_is_refused(student_config):
+    config = student_config(**{"data.name": "bundled_sentences"})  # its own bpe, same size
+    with pytest.raises(DistillError, match=r"the data's tokenizer \(bundled_sentences, bpe:\d+\)"
+                                           r" is not the teacher's: token \d+ is"):
+        build(config)

@@ -1,6 +1,7 @@
 """Bad run settings are refused before anything compiles, a checkpoint never holds a non-finite
 param, and evaluation rows carry the step they evaluated."""
 
+import errno
 import json
 import subprocess
 import sys
@@ -10,8 +11,9 @@ import orbax.checkpoint as ocp
 import pytest
 
 import jaxdistill
-from jaxdistill import cli, train
-from jaxdistill.errors import DistillError, NonFiniteLossError
+from jaxdistill import checkpoint, cli, distributed, train
+from jaxdistill import config as config_lib
+from jaxdistill.errors import DistillError, NonFiniteLossError, Preempted
 
 
 def _error_line(capsys, *overrides, data_dir, tmp_path):
@@ -110,8 +112,6 @@ def test_an_unknown_command_says_so(capsys):
 
 
 def test_validate_refuses_what_the_cli_refuses(smoke_config):
-    from jaxdistill import config as config_lib
-
     config = smoke_config("hinton_teacher_digits", batch_size=0)
     with pytest.raises(DistillError, match="config.batch_size=0"):
         config_lib.validate(config)
@@ -170,3 +170,200 @@ def test_configs_lists_the_shipped_configs(capsys):
     out = capsys.readouterr().out
     assert out.startswith("born_again_digits ") and "hinton_kd_digits " in out
     assert "common" not in out.split()
+
+
+def test_a_preempted_teacher_stops_the_whole_command_and_both_resume(smoke_config, tmp_path,
+                                                                    monkeypatch):
+    config = smoke_config("hinton_kd_digits")  # the teacher (20 steps) is trained first
+    monkeypatch.setattr(distributed.PreemptionWatch, "stop", lambda self, step: step == 7)
+    with pytest.raises(Preempted, match="teacher saved step 7"):
+        train.train_and_evaluate(config, str(tmp_path), progress=False)
+    assert checkpoint.Checkpointer(str(tmp_path / "teacher"), config.checkpoint).latest_step() == 7
+    assert not (tmp_path / "checkpoints").exists()  # the student never started
+    monkeypatch.undo()
+    summary = train.train_and_evaluate(config, str(tmp_path), progress=False)
+    assert summary["step"] == 20 and not summary["preempted"]
+    assert checkpoint.Checkpointer(str(tmp_path / "teacher"),
+                                   config.checkpoint).latest_step() == 20
+
+
+def test_a_preempted_table_writes_nothing_and_exits_with_the_requested_status(
+        capsys, tmp_path, data_dir, monkeypatch):
+    monkeypatch.setattr(distributed.PreemptionWatch, "stop", lambda self, step: step == 3)
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main(["reproduce", "hinton2015", "--scale", "smoke", "--seeds", "1",
+                  "--out", str(tmp_path / "out"), "--workdir", str(tmp_path / "runs"),
+                  "--data_dir", data_dir, "--preempted_exit_code", "75"])
+    assert exit_info.value.code == 75
+    assert "no table was written" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
+
+
+def test_an_unfinished_teacher_is_refused_unless_asked(smoke_config, tmp_path):
+    teacher = smoke_config("hinton_teacher_digits")
+    train.train_and_evaluate(teacher, str(tmp_path / "teacher"), stop_after_steps=10,
+                             progress=False)
+    student = smoke_config("hinton_kd_digits", total_steps=4)
+    student.teacher.checkpoint = str(tmp_path / "teacher")
+    with pytest.raises(DistillError, match="has trained 10 of its 20 steps; finish it"):
+        train.train_and_evaluate(student, str(tmp_path / "student"), progress=False)
+    student.teacher.allow_unfinished = True
+    assert train.train_and_evaluate(student, str(tmp_path / "student"),
+                                    progress=False)["step"] == 4
+
+
+def test_a_resumed_student_refuses_a_changed_teacher(smoke_config, tmp_path):
+    teacher = smoke_config("hinton_teacher_digits", total_steps=10)
+    train.train_and_evaluate(teacher, str(tmp_path / "teacher"), progress=False)
+    student = smoke_config("hinton_kd_digits")
+    student.teacher.checkpoint = str(tmp_path / "teacher")
+    train.train_and_evaluate(student, str(tmp_path / "student"), stop_after_steps=5,
+                             progress=False)
+    pinned = json.loads((tmp_path / "student" / "teacher.json").read_text())
+    assert pinned["step"] == 10 and pinned["checkpoint"] == str(tmp_path / "teacher")
+    teacher.total_steps = 20  # the teacher trains on: its newest checkpoint is another one
+    train.train_and_evaluate(teacher, str(tmp_path / "teacher"), progress=False)
+    with pytest.raises(DistillError, match="was taught by step 10 of .* but the teacher is now"
+                                           " step 20"):
+        train.train_and_evaluate(student, str(tmp_path / "student"), progress=False)
+
+
+# Drives the CLI with a SIGTERM sent at a chosen moment: "save" while the preemption save of
+# step 3 completes (a second signal), "startup" right after the run is built.
+SIGTERM_DRIVER = '''
+import os, signal, sys
+from jaxdistill import checkpoint, cli, distributed, train
+
+def sigterm():
+    os.kill(os.getpid(), signal.SIGTERM)
+
+if sys.argv[1] == "save":
+    stop = distributed.PreemptionWatch.stop
+    distributed.PreemptionWatch.stop = lambda self, step: step == 3 or stop(self, step)
+    close = checkpoint.Checkpointer.close
+    checkpoint.Checkpointer.close = lambda self: (sigterm(), close(self))
+else:
+    build = train.build
+    train.build = lambda *args, **kwargs: (build(*args, **kwargs), sigterm())[0]
+cli.main(sys.argv[2:])
+'''
+
+
+@pytest.mark.parametrize("moment, saved", [("save", 3), ("startup", 1)])
+def test_sigterm_at_start_up_or_during_the_save_ends_with_the_preemption_status(
+        tmp_path, data_dir, moment, saved):
+    driver = tmp_path / "driver.py"
+    driver.write_text(SIGTERM_DRIVER)
+    result = subprocess.run(
+        [sys.executable, str(driver), moment, "train",
+         "--config=configs/hinton_teacher_digits.py:smoke", f"--workdir={tmp_path / 'run'}",
+         "--no_progress", f"--config.data.data_dir={data_dir}", "--preempted_exit_code=75"],
+        capture_output=True, text=True, timeout=600)
+    assert result.returncode == 75, result.stderr[-2000:]
+    assert f"preempted: saved step {saved}" in result.stdout
+    assert checkpoint.Checkpointer(str(tmp_path / "run"), config_lib.base().checkpoint
+                                   ).latest_step() == saved
+
+
+def test_a_workdir_in_use_is_refused(smoke_config, tmp_path):
+    config = smoke_config("hinton_teacher_digits")
+    with checkpoint.workdir_lock(str(tmp_path)):
+        with pytest.raises(DistillError, match=r"is in use by a run that is still going \(pid"):
+            train.train_and_evaluate(config, str(tmp_path), progress=False)
+    assert not (tmp_path / "checkpoints").exists()
+    assert train.train_and_evaluate(config, str(tmp_path), stop_after_steps=2,
+                                    progress=False)["step"] == 2  # released when it ended
+
+
+def test_settings_changed_on_resume_are_recorded(capsys, smoke_config, tmp_path):
+    train.train_and_evaluate(smoke_config("hinton_teacher_digits"), str(tmp_path),
+                             stop_after_steps=5, progress=False)
+    config = smoke_config("hinton_teacher_digits", seed=1, batch_size=64)
+    train.train_and_evaluate(config, str(tmp_path), stop_after_steps=1, progress=False)
+    history = [json.loads(line) for line in open(tmp_path / "config_history.jsonl")]
+    assert history[0]["changed"] == {"batch_size": [128, 64], "seed": [0, 1]}
+    assert "resuming with changed settings: batch_size 128 -> 64, seed 0 -> 1" in (
+        capsys.readouterr().out)
+    assert json.loads((tmp_path / "config.json").read_text())["seed"] == 1
+
+
+def test_a_failed_first_run_does_not_block_the_corrected_command(smoke_config, tmp_path):
+    (tmp_path / "config.json").write_text(json.dumps(
+        {"method": "supervised", "student": {"model": "mlp", "hidden": [7]}}))  # never trained
+    assert train.train_and_evaluate(smoke_config("hinton_teacher_digits"), str(tmp_path),
+                                    stop_after_steps=1, progress=False)["step"] == 1
+
+
+def _two_checkpoints(smoke_config, tmp_path):
+    config = smoke_config("hinton_teacher_digits", total_steps=20)
+    config.checkpoint.every_steps = 10
+    train.train_and_evaluate(config, str(tmp_path), progress=False)
+    return config, tmp_path / "checkpoints" / "20"
+
+
+def _largest_file(directory):
+    files = [p for p in directory.rglob("*") if p.is_file()]
+    return max(files, key=lambda p: p.stat().st_size)
+
+
+@pytest.mark.parametrize("damage, reason", [
+    ("metadata", "files changed since the save"),
+    ("truncate", "files changed since the save"),
+    ("flip", "files changed since the save"),
+    ("unrecorded_truncate", "does not restore"),
+])
+def test_a_damaged_newest_checkpoint_falls_back_to_the_one_before(capsys, smoke_config, tmp_path,
+                                                                  damage, reason):
+    config, newest = _two_checkpoints(smoke_config, tmp_path)
+    assert (tmp_path / "checksums" / "10.json").exists()
+    assert (tmp_path / "checksums" / "20.json").exists()
+    target = _largest_file(newest)
+    if damage == "metadata":
+        (newest / "state" / "_METADATA").unlink()
+    elif damage == "flip":
+        data = bytearray(target.read_bytes())
+        data[len(data) // 2] ^= 0x01
+        target.write_bytes(bytes(data))
+    else:
+        if damage.startswith("unrecorded"):  # a save that never got its record (kill -9)
+            (tmp_path / "checksums" / "20.json").unlink()
+        target.write_bytes(target.read_bytes()[:len(target.read_bytes()) // 2])
+    capsys.readouterr()
+    config.total_steps = 25
+    summary = train.train_and_evaluate(config, str(tmp_path), progress=False)
+    out = capsys.readouterr().out
+    assert "checkpoint 20 skipped: " in out and reason in out, out
+    assert "resuming from step 10" in out and summary["step"] == 25
+
+
+@pytest.mark.parametrize("change", [{"optimizer.grad_clip_norm": 1.0}, {"ema_decay": 0.99}])
+def test_resuming_with_another_optimizer_or_ema_is_refused_and_keeps_the_checkpoints(
+        smoke_config, tmp_path, change):
+    config = smoke_config("hinton_teacher_digits")
+    train.train_and_evaluate(config, str(tmp_path), stop_after_steps=10, progress=False)
+    config.update_from_flattened_dict(change)
+    with pytest.raises(DistillError, match="holds another training state than this run builds"):
+        train.train_and_evaluate(config, str(tmp_path), progress=False)
+    assert (tmp_path / "checkpoints" / "10").exists()
+    assert not (tmp_path / "skipped_checkpoints").exists()
+
+
+def test_a_full_disk_while_logging_ends_the_run_with_one_line(smoke_config, tmp_path,
+                                                              monkeypatch):
+    from tensorboardX.event_file_writer import EventsWriter
+
+    write_event = EventsWriter.write_event
+
+    def full_disk(self, event):  # the disk fills up as step 10 is logged
+        if event.step >= 10:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return write_event(self, event)
+
+    config = smoke_config("hinton_teacher_digits")
+    train.train_and_evaluate(config, str(tmp_path), stop_after_steps=5, progress=False)
+    monkeypatch.setattr(EventsWriter, "write_event", full_disk)
+    with pytest.raises(DistillError, match=r"cannot write the metrics of step 10 under .*"
+                                           r"\(No space left on device\); free space"):
+        train.train_and_evaluate(config, str(tmp_path), progress=False)
+    monkeypatch.undo()
+    assert train.train_and_evaluate(config, str(tmp_path), progress=False)["step"] == 20

@@ -17,8 +17,9 @@ import jax
 import ml_collections
 import numpy as np
 
-from jaxdistill import data, models, train
+from jaxdistill import data, evaluate, models, train
 from jaxdistill.reproduce.table import ConfigLoader, Experiment, Row
+from jaxdistill.run import build
 
 # Student depth -> teacher layers its encoder is copied from (DistilBERT-style: first and last
 # layers kept, the rest spread out).
@@ -42,6 +43,12 @@ def _config(load: ConfigLoader, scale: str, seed: int, layers: tuple[int, ...], 
 
 def _evaluate(config, workdir: str) -> dict[str, float]:
     return train.train_and_evaluate(config, workdir, progress=False)["eval"]["test"]
+
+
+def _evaluate_initial(config) -> dict[str, float]:
+    """The test metrics of the student as `config` initialises it, before any training."""
+    run = build(config)
+    return evaluate.evaluate_split(run, run.init(), "test")
 
 
 def encode_throughput(config, model_config, repeats: int = 5) -> float:
@@ -78,14 +85,11 @@ def _rows(scale: str, workdir: str, seeds: int, load: ConfigLoader) -> list[Row]
         seed_dir = os.path.join(workdir, f"seed{seed}")
         # The teacher scored against itself: a student that copies all six layers.
         teacher = _config(load, scale, seed, tuple(range(6)), "minilm")
-        teacher.total_steps = 0
-        results.setdefault("teacher", []).append(
-            _evaluate(teacher, os.path.join(seed_dir, "teacher")))
+        results.setdefault("teacher", []).append(_evaluate_initial(teacher))
         for depth, layers in STUDENT_LAYERS.items():
             untrained = _config(load, scale, seed, layers, "minilm")
-            untrained.total_steps = 0
             name = f"student_{depth}L_layerdrop"
-            results.setdefault(name, []).append(_evaluate(untrained, os.path.join(seed_dir, name)))
+            results.setdefault(name, []).append(_evaluate_initial(untrained))
             for row, settings in TRAINED_ROWS.items():
                 name = f"student_{depth}L_{row}"
                 config = _config(load, scale, seed, layers, **settings)
