@@ -51,6 +51,18 @@ def _saved_as_a_leaf(node) -> bool:
     return node is None or (isinstance(node, (tuple, list, dict)) and not node)
 
 
+def changed_files(run_dir: str, step: int) -> list[str]:
+    """The files of the run's `step` that differ from their record (none without a record)."""
+    record = os.path.join(run_dir, "checksums", f"{step}.json")
+    if not os.path.exists(record):
+        return []
+    with open(record) as f:
+        recorded = json.load(f)
+    found = _checksums(os.path.join(run_dir, "checkpoints", str(step)))
+    return sorted(name for name in recorded.keys() | found.keys()
+                  if recorded.get(name) != found.get(name))
+
+
 class Checkpointer:
     """Saves and restores the `state` item under WORKDIR/checkpoints.
 
@@ -89,7 +101,8 @@ class Checkpointer:
         """Records the saves made so far, once they have finished (orbax waits for an async save
         before it starts the next one anyway)."""
         self.manager.wait_until_finished()
-        kept = set(self.manager.all_steps(read=True))
+        self.manager.reload()  # the steps on disk, after max_to_keep removed the oldest
+        kept = set(self.manager.all_steps())
         recorded, self._unrecorded = self._unrecorded, []
         for step in recorded:
             if step in kept and jax.process_index() == 0:
@@ -97,16 +110,6 @@ class Checkpointer:
                 _write_atomically(os.path.join(self.checksums_dir, f"{step}.json"),
                                   json.dumps(_checksums(self._step_dir(step))))
 
-    def _changed_files(self, step: int) -> list[str]:
-        """The files of `step` that differ from its record (none when it has no record)."""
-        record = os.path.join(self.checksums_dir, f"{step}.json")
-        if not os.path.exists(record):
-            return []
-        with open(record) as f:
-            recorded = json.load(f)
-        found = _checksums(self._step_dir(step))
-        return sorted(name for name in recorded.keys() | found.keys()
-                      if recorded.get(name) != found.get(name))
 
     def _set_aside(self, step: int, problem: str) -> None:
         """Moves a step that does not verify to WORKDIR/skipped_checkpoints (kept for a look, out
@@ -149,7 +152,7 @@ class Checkpointer:
         steps = sorted(self.manager.all_steps(), reverse=True)
         for step in steps:
             self._check_structure(step, abstract_state)
-            changed = self._changed_files(step)
+            changed = changed_files(self.workdir, step)
             if changed:
                 problem = f"{len(changed)} of its files changed since the save ({changed[0]}, ...)"
             else:
@@ -243,11 +246,18 @@ def workdir_lock(workdir: str):
     """Holds WORKDIR/.lock for the run (process 0 of it): a second run started on the same
     workdir, which would interleave its checkpoints and metrics with this one's, is refused. The
     operating system releases the lock when the process ends, however it ends."""
+    if not workdir:
+        raise DistillError("--workdir is empty; name the directory the run writes to")
     if jax.process_index() != 0:
         yield
         return
-    os.makedirs(workdir, exist_ok=True)
-    with open(os.path.join(workdir, ".lock"), "a+") as lock:
+    try:
+        os.makedirs(workdir, exist_ok=True)
+        lock = open(os.path.join(workdir, ".lock"), "a+")
+    except OSError as e:
+        raise DistillError(f"cannot write to {workdir} ({e.strerror}); use a writable"
+                           " --workdir") from None
+    with lock:
         try:
             fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -272,14 +282,22 @@ def read_config(run_dir: str) -> ml_collections.ConfigDict:
             f"no run found at {run_dir} ({path} is missing); point config.teacher.checkpoint at a"
             " workdir written by `jaxdistill train`, or leave it empty to train the teacher first")
     with open(path) as f:
-        return config_lib.from_json(f.read())
+        text = f.read()
+    try:
+        return config_lib.from_json(text)
+    except ValueError as e:
+        raise DistillError(f"{path} is not a config jaxdistill wrote ({e}); restore the run's"
+                           " config.json or point at another run") from None
 
 
 def newest_step(run_dir: str) -> int:
     """The newest finished checkpoint's step of the run in `run_dir`."""
-    manager = ocp.CheckpointManager(epath.Path(run_dir).absolute() / "checkpoints")
-    step = manager.latest_step()
-    manager.close()
+    directory = epath.Path(run_dir).absolute() / "checkpoints"
+    step = None
+    if directory.exists():  # orbax would try to create it, which a read-only run cannot take
+        manager = ocp.CheckpointManager(directory)
+        step = manager.latest_step()
+        manager.close()
     if step is None:
         raise DistillError(
             f"the run at {run_dir} has no finished checkpoint; train it to the end first"
@@ -329,9 +347,20 @@ def load_params(run_dir: str, abstract_params, *, step: int | None = None, ema: 
     optimizer state)."""
     key = "ema_params" if ema else "params"
     step = newest_step(run_dir) if step is None else step
+    changed = changed_files(run_dir, step)
+    if changed:
+        raise DistillError(
+            f"checkpoint {step} of the run at {run_dir} has {len(changed)} files that changed since"
+            f" the save ({changed[0]}, ...); retrain that run or restore its files")
     manager = ocp.CheckpointManager(epath.Path(run_dir).absolute() / "checkpoints")
     target = {key: abstract_params}
-    restored = manager.restore(step, args=ocp.args.Composite(state=ocp.args.PyTreeRestore(
-        item=target, restore_args=_restore_args(target), partial_restore=True)))
-    manager.close()
+    try:
+        restored = manager.restore(step, args=ocp.args.Composite(state=ocp.args.PyTreeRestore(
+            item=target, restore_args=_restore_args(target), partial_restore=True)))
+    except Exception as e:  # orbax and tensorstore report damage in many types
+        raise DistillError(
+            f"checkpoint {step} of the run at {run_dir} does not restore ({type(e).__name__}:"
+            f" {str(e).splitlines()[0][:200]}); retrain that run or restore its files") from None
+    finally:
+        manager.close()
     return restored.state[key]

@@ -51,6 +51,11 @@ def _train_parser() -> argparse.ArgumentParser:
     parser.add_argument("--num_processes", type=int, default=None)
     parser.add_argument("--process_id", type=int, default=None)
     parser.add_argument("--no_progress", action="store_true", help="hide the progress bar")
+    parser.add_argument("--print_config", action="store_true",
+                        help="print the config (overrides and the method's settings applied) and"
+                             " exit")
+    parser.add_argument("--dry_run", action="store_true",
+                        help="run every check and print the memory estimate; train nothing")
     parser.add_argument("--preempted_exit_code", type=int, default=0,
                         help="exit status after a SIGTERM stop was saved (0; launchers that"
                              " restart failed workers, like a GKE JobSet, use 75)")
@@ -83,6 +88,12 @@ def _parse_config(spec: str, overrides: list[str]) -> ml_collections.ConfigDict:
 def _train(argv: list[str]) -> None:
     args, overrides = _train_parser().parse_known_args(argv)
     config = _parse_config(args.config, overrides)
+    if args.print_config:
+        print(config_lib.to_json(config))
+        return
+    if args.dry_run:
+        train.dry_run(config)
+        return
     distributed.initialize(args.distributed, args.coordinator_address, args.num_processes,
                            args.process_id)
 
@@ -103,8 +114,11 @@ def _reproduce(argv: list[str]) -> None:
     parser.add_argument("name", nargs="?", help="one of `jaxdistill reproduce --list`")
     parser.add_argument("--list", action="store_true", help="list the reproducible tables")
     parser.add_argument("--scale", choices=config_lib.SCALES, default="local")
-    parser.add_argument("--out", default="results", help="writes OUT/NAME_SCALE.{md,json}")
-    parser.add_argument("--workdir", default=None, help="run directories (default runs/NAME_SCALE)")
+    parser.add_argument("--out", default="reproduced",
+                        help="writes OUT/NAME_SCALE.{md,json} (the repository's committed tables"
+                             " are in results/: name it to replace them)")
+    parser.add_argument("--workdir", default=None,
+                        help="run directories (default OUT/runs/NAME_SCALE)")
     parser.add_argument("--seeds", type=int, default=None,
                         help="number of seeds (default per table)")
     parser.add_argument("--data_dir", default="", help="TFDS data directory (default TFDS's own)")

@@ -21,7 +21,8 @@ from jaxdistill import checkpoint, data, models
 from jaxdistill.errors import DistillError
 
 Placement = Callable[[Any], Any]  # boxed abstract params -> a tree of shardings
-ModelCheck = Callable[[ml_collections.ConfigDict], None]  # raises on a model that cannot serve
+# (model settings, the run's config or None) -> raises on a model that cannot serve
+ModelCheck = Callable[[ml_collections.ConfigDict, ml_collections.ConfigDict | None], None]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -48,13 +49,14 @@ def _abstract(module: nn.Module, example_inputs) -> Any:
 
 
 def run(run_dir: str, place: Placement = on_one_device, example_inputs=None,
-        check: ModelCheck = lambda model_config: None, finished: bool = False) -> Loaded:
+        check: ModelCheck = lambda model_config, run_config: None,
+        finished: bool = False) -> Loaded:
     """The student of the run in `run_dir` at its newest checkpoint (its EMA when it kept one),
     traced with `example_inputs` (default: one example of the run's own dataset); `check` sees
     its model settings before anything is restored. With `finished` the run must have trained
     all of its steps."""
     run_config = checkpoint.read_config(run_dir)
-    check(run_config.student)
+    check(run_config.student, run_config)
     step = checkpoint.newest_step(run_dir)
     if finished and step < run_config.total_steps:
         raise DistillError(
@@ -76,10 +78,10 @@ def run(run_dir: str, place: Placement = on_one_device, example_inputs=None,
 
 
 def pretrained(name: str, example_inputs, place: Placement = on_one_device,
-               check: ModelCheck = lambda model_config: None) -> Loaded:
+               check: ModelCheck = lambda model_config, run_config: None) -> Loaded:
     """A Hugging Face model (a directory or a known name), placed by `place`."""
     loaded = models.from_pretrained(name)
-    check(ml_collections.ConfigDict(loaded.model_config))
+    check(ml_collections.ConfigDict(loaded.model_config), None)
     shardings = place(_abstract(loaded.module, example_inputs))
     params = jax.device_put({"params": loaded.params}, shardings)
     return Loaded(loaded.module, ml_collections.ConfigDict(loaded.model_config), params,
@@ -88,7 +90,7 @@ def pretrained(name: str, example_inputs, place: Placement = on_one_device,
 
 def teacher(config: ml_collections.ConfigDict, example_inputs,
             place: Placement = on_one_device,
-            check: ModelCheck = lambda model_config: None) -> Loaded:
+            check: ModelCheck = lambda model_config, run_config: None) -> Loaded:
     """The teacher a config names: `teacher.pretrained`, else the run at `teacher.checkpoint`."""
     if config.teacher.pretrained:
         return pretrained(config.teacher.pretrained, example_inputs, place, check)

@@ -149,6 +149,22 @@ def _check_model(owner: str, model_config, dataset: data.DatasetSpec) -> None:
                                f" config.{owner}.{field}={want}{fix}")
 
 
+def _check_teacher(model_config, run_config, dataset: data.DatasetSpec) -> None:
+    """Before its params are restored: the teacher's outputs and, for a teacher run on images or
+    points, the inputs it was trained on must be the dataset's."""
+    _check_model("teacher", model_config, dataset)
+    if not run_config or not run_config.get("data") or dataset.task not in (
+            "classification", "generation"):
+        return  # text inputs differ in length only; their tokenizers are compared instead
+    shapes = {name: shape for name, (shape, _) in data.spec(run_config.data).inputs.items()}
+    ours = {name: shape for name, (shape, _) in dataset.inputs.items()}
+    if shapes != ours:
+        raise DistillError(
+            f"the teacher was trained on {run_config.data.name} inputs {shapes} but this run's"
+            f" data ({dataset.task}) has {ours}; distil on the teacher's kind of data or with a"
+            " teacher trained on this dataset")
+
+
 def _teacher_tokenizer(teacher: loading.Loaded):
     """The tokenizer a teacher learned with: a pretrained model's own, or its run's data's."""
     if teacher.run_config is None:
@@ -183,23 +199,32 @@ def _load_teacher(config, mesh, dataset) -> loading.Loaded:
     teacher = loading.teacher(
         config, dataset.example_inputs(),
         lambda boxed: sharding.param_shardings(boxed, mesh, config.sharding.teacher, "teacher"),
-        check=lambda model_config: _check_model("teacher", model_config, dataset))
+        check=lambda model_config, run_config: _check_teacher(model_config, run_config, dataset))
     _check_tokenizer(config, teacher, dataset)
     return teacher
 
 
-def build(config: ml_collections.ConfigDict, *,
-          devices: Sequence[jax.Device] | None = None) -> Run:
-    """The run of `config`, which gains its method's settings at their defaults where unset."""
+def check_without_teacher(config: ml_collections.ConfigDict,
+                          devices: Sequence[jax.Device] | None = None):
+    """Every check of `config` that needs no teacher (settings, method, dataset, student, mesh):
+    what a command runs before it trains a teacher for the run. Returns (method, dataset, mesh);
+    `config` gains its method's settings."""
     config_lib.validate(config)
     method = methods.get(config.method)
-    config = methods.with_settings(config)
+    methods.with_settings(config)
     dataset = data.spec(config.data)
     _check_splits(config, dataset)
     method.check_task(dataset)
     _check_model("student", config.student, dataset)
     mesh = sharding.make_mesh(config.mesh, devices)
     _check_batch_sizes(config, mesh)
+    return method, dataset, mesh
+
+
+def build(config: ml_collections.ConfigDict, *,
+          devices: Sequence[jax.Device] | None = None) -> Run:
+    """The run of `config`, which gains its method's settings at their defaults where unset."""
+    method, dataset, mesh = check_without_teacher(config, devices)
     example_inputs = dataset.example_inputs()
 
     student = models.build(config.student)

@@ -27,7 +27,15 @@ from tensorboardX.proto import event_pb2
 from jaxdistill import checkpoint, data, distributed, evaluate, memory, methods
 from jaxdistill import config as config_lib
 from jaxdistill.errors import DistillError, NonFiniteLossError, Preempted
-from jaxdistill.run import Run, build
+from jaxdistill.run import Run, build, check_without_teacher
+
+
+def _parsed_row(line: str) -> dict | None:
+    try:
+        row = json.loads(line)
+    except json.JSONDecodeError:
+        return None  # a row a killed process left half written
+    return row if isinstance(row, dict) and "step" in row else None
 
 
 class MetricWriter:
@@ -35,12 +43,15 @@ class MetricWriter:
     by process 0 only and synchronously: a write that fails (a full disk) raises here, where a
     background writer thread would die and leave the next write waiting on it forever."""
 
-    def __init__(self, workdir: str):
+    def __init__(self, workdir: str, start_step: int):
         self.workdir = workdir
         self.enabled = jax.process_index() == 0
+        rows = self._rows_up_to(start_step)  # every process: what to evaluate is decided alike
+        self.evaluated_steps = {row["step"] for row in rows if "split" in row}
         if self.enabled:
             try:
                 os.makedirs(os.path.join(workdir, "tensorboard"), exist_ok=True)
+                self._rewrite(rows)
                 self.jsonl = open(os.path.join(workdir, "metrics.jsonl"), "a")
                 self.events = EventsWriter(os.path.join(workdir, "tensorboard", "events"))
             except OSError as e:
@@ -61,6 +72,23 @@ class MetricWriter:
             self.events.flush()
         except OSError as e:
             raise self._cannot_write(f"the metrics of step {step}", e) from None
+
+    def _rows_up_to(self, step: int) -> list[dict]:
+        """The logged rows up to `step`, the one the run resumes from: a run killed after
+        logging steps it never checkpointed trains them again, and logs them again."""
+        path = os.path.join(self.workdir, "metrics.jsonl")
+        if not os.path.exists(path):
+            return []
+        with open(path) as f:
+            rows = [_parsed_row(line) for line in f]
+        return [row for row in rows if row is not None and row["step"] <= step]
+
+    def _rewrite(self, rows: list[dict]) -> None:
+        path = os.path.join(self.workdir, "metrics.jsonl")
+        if os.path.exists(path):
+            with open(path + ".tmp", "w") as f:
+                f.writelines(json.dumps(row) + "\n" for row in rows)
+            os.replace(path + ".tmp", path)
 
     def _cannot_write(self, what: str, error: OSError) -> DistillError:
         return DistillError(
@@ -92,11 +120,18 @@ def _checked(pending: list[tuple[int, dict]], workdir: str, last_good: int | Non
     return {key: float(value) for key, value in fetched[-1][1].items()}
 
 
+def _needs_teacher_trained(config: ml_collections.ConfigDict) -> bool:
+    """Whether the method needs a teacher that only exists as a config to train (a teacher that
+    is not named at all is `build`'s to report)."""
+    return (methods.get(config.method).needs_teacher and not config.teacher.checkpoint
+            and not config.teacher.pretrained and bool(config.teacher.config))
+
+
 def _teacher_ready(config: ml_collections.ConfigDict, workdir: str, devices, progress: bool):
     """Trains the teacher into WORKDIR/teacher when the method needs one and none is given."""
-    if (not methods.get(config.method).needs_teacher or config.teacher.checkpoint
-            or config.teacher.pretrained or not config.teacher.config):
-        return config  # ready, not needed, or not named: `build` then says what is missing
+    if not _needs_teacher_trained(config):
+        return config
+    check_without_teacher(config.copy_and_resolve_references(), devices)  # before it trains
     teacher_config = config_lib.load(config.teacher.config)
     # An independent draw: a teacher of the student's own architecture (born-again chains) must
     # not start from the student's initialisation and data order.
@@ -197,6 +232,22 @@ def _train_steps(run: Run, progress: _Progress, batches, end: int, checkpointer,
             return
 
 
+def dry_run(config: ml_collections.ConfigDict, *, devices=None) -> dict[str, int]:
+    """Every check a run makes before it trains, and its memory estimate per device (returned
+    and printed); nothing is trained or written. A teacher the run would train first is
+    checked as a config; the student is then built once it exists."""
+    config_lib.validate(config)
+    if _needs_teacher_trained(config):
+        check_without_teacher(config.copy_and_resolve_references(), devices)
+        config_lib.validate(config_lib.load(config.teacher.config))
+        print(f"dry run: the teacher ({config.teacher.config}) is trained first; the checks that"
+              " need it run once it exists", flush=True)
+        return {}
+    run = build(config, devices=devices)
+    _, report = _batches_within_memory(run, 0)
+    return report
+
+
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
                        stop_after_steps: int | None = None, devices=None,
                        progress: bool = True) -> dict:
@@ -221,12 +272,17 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
         done = _Progress(run.init() if state is None else state, last_good)
         end = config.total_steps if stop_after_steps is None else min(
             config.total_steps, start + stop_after_steps)
-        writer = MetricWriter(workdir)
+        writer = MetricWriter(workdir, start)
         bar = tqdm.tqdm(total=config.total_steps, initial=start, unit="step", dynamic_ncols=True,
                         desc=os.path.basename(os.path.normpath(workdir)),
                         disable=not progress or jax.process_index() != 0)
         started = time.perf_counter()
         try:
+            if (last_good is not None and last_good not in writer.evaluated_steps
+                    and (last_good % config.eval_every == 0 or last_good == config.total_steps)):
+                # A preempted run saved this eval step without evaluating it.
+                done.eval = _evaluate_all(run, done.state, writer, last_good)
+                done.evaluated_at = last_good
             _train_steps(run, done, batches, end, checkpointer, writer, bar, preemption, workdir)
             step = int(done.state.step)
             if not done.preempted and done.evaluated_at != step:  # stopped off an eval step

@@ -122,3 +122,11 @@ def test_the_engine_names_no_method():
         found = [q for q in quoted if q in text]
         assert not found, f"{module} names methods {found}"
         assert not re.search(r"\bsnapshot_params\b|\bself_teacher\b", text), module
+
+
+def test_a_method_on_data_of_another_task_is_refused(smoke_config):
+    from jaxdistill.run import build
+
+    with pytest.raises(DistillError, match="method 'sft' trains on lm data but config.data names"
+                                           " a classification dataset"):
+        build(smoke_config("hinton_teacher_digits", method="sft"))

@@ -3,6 +3,7 @@ param, and evaluation rows carry the step they evaluated."""
 
 import errno
 import json
+import shutil
 import subprocess
 import sys
 
@@ -367,3 +368,119 @@ def test_a_full_disk_while_logging_ends_the_run_with_one_line(smoke_config, tmp_
         train.train_and_evaluate(config, str(tmp_path), progress=False)
     monkeypatch.undo()
     assert train.train_and_evaluate(config, str(tmp_path), progress=False)["step"] == 20
+
+
+def test_rows_of_steps_lost_to_a_kill_are_not_logged_twice(smoke_config, tmp_path):
+    config = smoke_config("hinton_teacher_digits")
+    config.checkpoint.every_steps = 10
+    train.train_and_evaluate(config, str(tmp_path), stop_after_steps=15, progress=False)
+    # A kill -9 after step 15 was logged but before it was saved, mid-way through a row.
+    shutil.rmtree(tmp_path / "checkpoints" / "15")
+    with open(tmp_path / "metrics.jsonl", "a") as f:
+        f.write('{"step": 16, "lo')
+    train.train_and_evaluate(config, str(tmp_path), progress=False)
+    rows = [json.loads(line) for line in open(tmp_path / "metrics.jsonl")]
+    keys = [(row["step"], row.get("split")) for row in rows]
+    assert len(keys) == len(set(keys)), keys
+    assert all("time" in row for row in rows)
+    assert max(row["step"] for row in rows) == 20
+
+
+def test_print_config_and_dry_run_write_nothing(capsys, tmp_path, data_dir, teacher_dir):
+    argv = ["train", "--config=configs/hinton_kd_digits.py:smoke", f"--workdir={tmp_path / 'run'}",
+            f"--config.data.data_dir={data_dir}", f"--config.teacher.checkpoint={teacher_dir}",
+            "--config.method=taid"]
+    cli.main([*argv, "--print_config"])
+    printed = json.loads(capsys.readouterr().out)
+    assert printed["method"] == "taid" and printed["loss"]["taid"]["t_start"] == 0.4
+    cli.main([*argv[:-1], "--dry_run"])
+    assert "memory/device (estimate, before compiling)" in capsys.readouterr().out
+    with pytest.raises(SystemExit):
+        cli.main([*argv[:-1], "--dry_run", "--config.batch_size=7"])
+    assert "must be divisible by the 8 batch shards" in capsys.readouterr().err
+    assert not (tmp_path / "run").exists()
+
+
+def test_an_unprepared_dataset_says_how_to_prepare_it(capsys, tmp_path):
+    line = _error_line(capsys, "--config.data.name=mnist", data_dir=str(tmp_path / "tfds"),
+                       tmp_path=tmp_path / "run")
+    assert "dataset 'mnist' split 'train' is not prepared in array_record format" in line
+    assert "download_and_prepare(file_format='array_record')" in line and "tfds build" not in line
+
+
+@pytest.mark.parametrize("scale", ["smoke", "local"])
+def test_smoke_tables_say_their_numbers_mean_nothing(scale):
+    from jaxdistill.reproduce import table
+
+    experiment = table.Experiment("t", "A table.", "accuracy", True, 1, "none", lambda *a: [])
+    rows = [table.Row("a", [0.5])]
+    result = {"name": "t", "scale": scale, "command": "c", "device": "d", "wall_s": 1.0,
+              "seeds": [0], "metric": "accuracy", "higher_is_better": True,
+              "rows": table.json_rows(rows)}
+    marked = "smoke: checks the path, numbers mean nothing" in table._markdown(
+        experiment, result, rows)
+    assert marked == (scale == "smoke")
+
+
+def test_the_eval_a_preemption_skipped_runs_on_resume(smoke_config, tmp_path, monkeypatch):
+    config = smoke_config("hinton_teacher_digits")  # evaluated every 10 steps
+    monkeypatch.setattr(distributed.PreemptionWatch, "stop", lambda self, step: step == 10)
+    with pytest.raises(Preempted):
+        train.train_and_evaluate(config, str(tmp_path), progress=False)
+    monkeypatch.undo()
+    train.train_and_evaluate(config, str(tmp_path), progress=False)
+    rows = [json.loads(line) for line in open(tmp_path / "metrics.jsonl")]
+    assert sorted({row["step"] for row in rows if "split" in row}) == [10, 20]
+
+
+def test_a_teacher_trained_on_other_inputs_is_refused_before_restoring(smoke_config,
+                                                                      teacher_dir):
+    from jaxdistill.run import build
+
+    config = smoke_config("cd2023")  # 2-D points; the teacher read 8x8 digits
+    config.teacher.checkpoint = teacher_dir
+    config.student_init.from_teacher = False
+    with pytest.raises(DistillError, match=r"the teacher was trained on sklearn_digits inputs"):
+        build(config)
+
+
+def test_a_student_mistake_is_refused_before_its_teacher_trains(capsys, tmp_path, data_dir):
+    with pytest.raises(SystemExit):
+        cli.main(["train", "--config=configs/hinton_kd_digits.py:smoke", f"--workdir={tmp_path}",
+                  "--no_progress", f"--config.data.data_dir={data_dir}",
+                  "--config.student.num_classes=7"])
+    assert "the student predicts 7 classes but the dataset has 10" in capsys.readouterr().err
+    assert not (tmp_path / "teacher").exists()
+
+
+@pytest.mark.parametrize("workdir, expected", [
+    ("", "--workdir is empty"),
+    ("a_file/run", "cannot write to"),
+])
+def test_a_workdir_that_cannot_be_written_is_one_line(capsys, tmp_path, data_dir, workdir,
+                                                      expected):
+    (tmp_path / "a_file").write_text("not a directory")
+    with pytest.raises(SystemExit):
+        cli.main(["train", "--config=configs/hinton_teacher_digits.py:smoke",
+                  f"--workdir={tmp_path / workdir if workdir else ''}", "--no_progress",
+                  f"--config.data.data_dir={data_dir}"])
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 1 and expected in lines[0], lines
+
+
+@pytest.mark.parametrize("damage, expected", [
+    ("config", "is not a config jaxdistill wrote"),
+    ("checkpoint", "files that changed since the save"),
+])
+def test_a_damaged_teacher_is_one_line(smoke_config, tmp_path, teacher_dir, damage, expected):
+    teacher = tmp_path / "teacher"
+    shutil.copytree(teacher_dir, teacher)
+    if damage == "config":
+        (teacher / "config.json").write_text('{"student": ')
+    else:
+        target = _largest_file(teacher / "checkpoints" / "20")  # the step a student reads
+        target.write_bytes(target.read_bytes()[:10])
+    config = smoke_config("hinton_kd_digits")
+    config.teacher.checkpoint = str(teacher)
+    with pytest.raises(DistillError, match=expected):
+        train.train_and_evaluate(config, str(tmp_path / "student"), progress=False)

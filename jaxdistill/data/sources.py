@@ -58,11 +58,16 @@ def source(data_config: ml_collections.ConfigDict, split: str):
         return tfds.data_source(
             data_config.name, split=split, data_dir=data_config.data_dir or None,
             download=bundled(data_config))
-    except (AssertionError, FileNotFoundError) as e:
+    except (AssertionError, FileNotFoundError, NotImplementedError):
+        # TFDS says "not prepared" in several types, the last one for a missing array_record.
+        data_dir = data_config.data_dir or "~/tensorflow_datasets"
         raise DistillError(
-            f"dataset {data_config.name!r} split {split!r} is not prepared under"
-            f" {prepared.data_dir}: prepare it with `tfds build {data_config.name}"
-            f" --file_format=array_record` or set config.data.data_dir ({e})") from None
+            f"dataset {data_config.name!r} split {split!r} is not prepared in array_record"
+            f" format under {prepared.data_dir}; prepare it once with `python -c \"import"
+            f" tensorflow_datasets as tfds; tfds.builder('{data_config.name}',"
+            f" data_dir='{data_dir}').download_and_prepare(file_format='array_record')\"`"
+            " where it can be downloaded, or set config.data.data_dir to where it is"
+            " prepared") from None
 
 
 def as_text(value) -> str:

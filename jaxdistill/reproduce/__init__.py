@@ -41,7 +41,7 @@ def run(name: str, *, scale: str, out: str, workdir: str | None = None,
         raise DistillError(f"unknown table {name!r}; available: {', '.join(EXPERIMENTS)}")
     experiment = EXPERIMENTS[name]
     seeds = seeds or experiment.default_seeds
-    workdir = workdir or os.path.join("runs", f"{name}_{scale}")
+    workdir = workdir or os.path.join(out, "runs", f"{name}_{scale}")
     started = time.perf_counter()
 
     def load(spec: str) -> ml_collections.ConfigDict:

@@ -140,6 +140,10 @@ def train_teacher(load: ConfigLoader, scale: str, kind: str, parameterization: s
     return train_shared(config, workdir, f"diffusion_{kind}_{parameterization}_{scale}")[0]
 
 
+# Half the width of the 2-D scatter plots' view (the checkerboard lies within ±2).
+_VIEW = 3.0
+
+
 def save_png(samples: np.ndarray, path: str, title: str) -> str:
     """A scatter plot (2-D points) or a grid of the first 64 images, as PNG."""
     # Imported here, after choosing the file-only backend: importing pyplot first would pick an
@@ -153,8 +157,10 @@ def save_png(samples: np.ndarray, path: str, title: str) -> str:
     figure, axes = plt.subplots(figsize=(4, 4), dpi=80)
     if samples.ndim == 2:
         axes.scatter(samples[:, 0], samples[:, 1], s=1, alpha=0.4)
-        axes.set_xlim(-3, 3)
-        axes.set_ylim(-3, 3)
+        axes.set_xlim(-_VIEW, _VIEW)
+        axes.set_ylim(-_VIEW, _VIEW)
+        outside = int(np.sum(~np.all(np.abs(samples) <= _VIEW, axis=-1)))  # NaN counts too
+        title = f"{title}\n{outside} of {len(samples)} points outside the view"
     else:
         count = _DIGIT_GRID ** 2
         tiles = np.clip(np.nan_to_num(samples[:count, ..., 0]), -1, 1)

@@ -116,9 +116,13 @@ def _note(row: Row) -> str:
 
 def _markdown(experiment: Experiment, result: dict, rows: list[Row]) -> str:
     extra = list(dict.fromkeys(name for row in rows for name in row.extra))
+    smoke = (["**smoke: checks the path, numbers mean nothing** (seconds of training; the paper"
+              " column is for the local and paper scales)", ""]
+             if result["scale"] == "smoke" else [])
     header = [
         f"# {experiment.name} ({result['scale']})",
         "",
+        *smoke,
         experiment.description,
         "",
         f"- command: `{result['command']}`",
