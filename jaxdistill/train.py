@@ -1,10 +1,11 @@
 """The training loop: `train_and_evaluate(config, workdir)`.
 
-Resumes from the newest checkpoint in WORKDIR, logs to metrics.jsonl and TensorBoard, evaluates
-every `eval_every` steps, and checkpoints every `checkpoint.every_steps` steps and at the end.
-Losses are checked for NaN/Inf before every save, so a run that diverges stops with the step
-number and leaves its last good checkpoint intact. On SIGTERM (preemption) every process stops
-at one agreed step, saves it and returns; the same command resumes exactly there.
+Resumes from the newest checkpoint in WORKDIR that verifies, logs to metrics.jsonl and
+TensorBoard, evaluates every `eval_every` steps, and checkpoints every `checkpoint.every_steps`
+steps and at the end. Losses and params are checked for NaN/Inf before every save, so a run that
+diverges stops with the step number and leaves its last good checkpoint intact. On SIGTERM
+(preemption) every process stops at one agreed step, saves it and raises `Preempted`; the same
+command resumes exactly there. The workdir is locked while the run goes on.
 """
 
 from __future__ import annotations
