@@ -200,7 +200,8 @@ def _flat(config: ml_collections.ConfigDict) -> dict:
             traverse_util.flatten_dict(json.loads(config_lib.to_json(config))).items()}
 
 
-def _has_checkpoint(workdir: str) -> bool:
+def has_checkpoint(workdir: str) -> bool:
+    """Whether a run saved a step (an empty directory left by a stopped run does not count)."""
     directory = os.path.join(workdir, "checkpoints")
     return os.path.isdir(directory) and any(name.isdigit() for name in os.listdir(directory))
 
@@ -217,7 +218,7 @@ def write_config(workdir: str, config: ml_collections.ConfigDict) -> None:
     old and new values, with the time) and printed, so config.json never hides what a run's
     steps were trained with."""
     changed = {}
-    if os.path.exists(os.path.join(workdir, "config.json")) and _has_checkpoint(workdir):
+    if os.path.exists(os.path.join(workdir, "config.json")) and has_checkpoint(workdir):
         saved = read_config(workdir)
         for key in _FIXED_FOR_RESUME:
             if _canonical(saved[key]) != _canonical(config[key]):

@@ -47,12 +47,14 @@ class MetricWriter:
     def __init__(self, workdir: str, start_step: int):
         self.workdir = workdir
         self.enabled = jax.process_index() == 0
-        rows = self._rows_up_to(start_step)  # every process: what to evaluate is decided alike
+        # Every process reads them, so all decide alike what to evaluate.
+        rows, dropped = self._rows_up_to(start_step)
         self.evaluated_steps = {row["step"] for row in rows if "split" in row}
         if self.enabled:
             try:
                 os.makedirs(os.path.join(workdir, "tensorboard"), exist_ok=True)
-                self._rewrite(rows)
+                if dropped:
+                    self._rewrite(rows)
                 self.jsonl = open(os.path.join(workdir, "metrics.jsonl"), "a")
                 self.events = EventsWriter(os.path.join(workdir, "tensorboard", "events"))
             except OSError as e:
@@ -74,15 +76,17 @@ class MetricWriter:
         except OSError as e:
             raise self._cannot_write(f"the metrics of step {step}", e) from None
 
-    def _rows_up_to(self, step: int) -> list[dict]:
-        """The logged rows up to `step`, the one the run resumes from: a run killed after
-        logging steps it never checkpointed trains them again, and logs them again."""
+    def _rows_up_to(self, step: int) -> tuple[list[dict], bool]:
+        """The logged rows up to `step`, the one the run resumes from (a run killed after
+        logging steps it never checkpointed trains them again, and logs them again), and
+        whether any row was dropped."""
         path = os.path.join(self.workdir, "metrics.jsonl")
         if not os.path.exists(path):
-            return []
+            return [], False
         with open(path) as f:
             rows = [_parsed_row(line) for line in f]
-        return [row for row in rows if row is not None and row["step"] <= step]
+        kept = [row for row in rows if row is not None and row["step"] <= step]
+        return kept, len(kept) < len(rows)
 
     def _rewrite(self, rows: list[dict]) -> None:
         path = os.path.join(self.workdir, "metrics.jsonl")

@@ -177,12 +177,6 @@ def save_png(samples: np.ndarray, path: str, title: str) -> str:
     return path
 
 
-def _has_checkpoint(run_dir: str) -> bool:
-    """Whether a run saved a step (an empty directory left by a stopped run does not count)."""
-    path = os.path.join(run_dir, "checkpoints")
-    return os.path.isdir(path) and any(name.isdigit() for name in os.listdir(path))
-
-
 def _slug(text: str) -> str:
     return re.sub(r"[^a-z0-9]+", "_", text.lower()).strip("_")
 
@@ -220,7 +214,7 @@ def _kind_rows(kind: str, scale: str, workdir: str, seeds: int, load: ConfigLoad
             if config.teacher.config:
                 config.teacher.checkpoint = teacher_dir
             run_dir = os.path.join(workdir, f"{kind}_{_slug(student.label)}_seed{seed}")
-            resumed += _has_checkpoint(run_dir)
+            resumed += checkpoint.has_checkpoint(run_dir)
             train.train_and_evaluate(config, run_dir, progress=False)
             run_dirs.append(run_dir)
         sampler = checkpoint.read_config(run_dirs[0]).generation.sampler
