@@ -14,7 +14,10 @@ import contextlib
 import fcntl
 import hashlib
 import json
+import logging
 import os
+import re
+import shutil
 import socket
 import time
 
@@ -76,6 +79,8 @@ class Checkpointer:
         self.workdir = workdir
         self.checksums_dir = os.path.join(workdir, "checksums")
         self._unrecorded: list[int] = []
+        self._failed = False  # a save failed and was reported; close() must not report it again
+        logging.getLogger("absl").addFilter(_ORBAX_ERRORS)
         self.manager = ocp.CheckpointManager(
             epath.Path(workdir).absolute() / "checkpoints",
             options=ocp.CheckpointManagerOptions(
@@ -89,10 +94,43 @@ class Checkpointer:
         return self.manager.latest_step()
 
     def save(self, step: int, state) -> None:
+        """Starts saving `state` as `step` (finished in the background when async); a save that
+        cannot fit the disk is refused before it starts, and one that fails is reported in one
+        line naming the step a rerun resumes from."""
         self._record_saved()
-        self.manager.save(step, force=True, args=ocp.args.Composite(
-            state=ocp.args.PyTreeSave(state)))
+        self._check_space(step, state)
+        with self._saving(step):
+            self.manager.save(step, force=True, args=ocp.args.Composite(
+                state=ocp.args.PyTreeSave(state)))
         self._unrecorded.append(step)
+
+    def _resume_hint(self) -> str:
+        last = self.manager.latest_step()
+        return ("it resumes from the last good checkpoint (step"
+                f" {last})" if last is not None else "no checkpoint was written yet")
+
+    def _check_space(self, step: int, state) -> None:
+        needed = sum(x.nbytes for x in jax.tree.leaves(state))
+        free = shutil.disk_usage(self.workdir).free
+        if free < needed * _SPACE_FACTOR:
+            raise DistillError(
+                f"the checkpoint of step {step} needs about {needed / 2**20:.1f} MiB but"
+                f" {self.workdir} has {free / 2**20:.1f} MiB free; free space there and rerun"
+                f" the same command: {self._resume_hint()}")
+
+    @contextlib.contextmanager
+    def _saving(self, step: int | None):
+        """Reports a failed save (a full disk, a quota, a file-size limit) in one line; orbax
+        leaves the half-written step in a temporary directory that is never restored."""
+        try:
+            yield
+        except Exception as e:  # orbax and tensorstore report write failures in many types
+            self._failed = True
+            which = f"step {step}" if step is not None else "the last step"
+            raise DistillError(
+                f"saving the checkpoint of {which} under {self.workdir} failed"
+                f" ({_write_failure(e)}); free space there (or fix its permissions) and rerun the"
+                f" same command: {self._resume_hint()}") from e
 
     def _step_dir(self, step: int) -> str:
         return os.path.join(self.workdir, "checkpoints", str(step))
@@ -100,7 +138,8 @@ class Checkpointer:
     def _record_saved(self) -> None:
         """Records the saves made so far, once they have finished (orbax waits for an async save
         before it starts the next one anyway)."""
-        self.manager.wait_until_finished()
+        with self._saving(self._unrecorded[-1] if self._unrecorded else None):
+            self.manager.wait_until_finished()
         self.manager.reload()  # the steps on disk, after max_to_keep removed the oldest
         kept = set(self.manager.all_steps())
         recorded, self._unrecorded = self._unrecorded, []
@@ -180,8 +219,40 @@ class Checkpointer:
         return restored.state
 
     def close(self) -> None:
-        self._record_saved()
-        self.manager.close()
+        """Waits for the last save and records it (after a reported failure, only lets go)."""
+        try:
+            if not self._failed:
+                self._record_saved()
+            self.manager.close()
+        finally:
+            logging.getLogger("absl").removeFilter(_ORBAX_ERRORS)
+
+
+class _OrbaxErrorsWeReport(logging.Filter):
+    """Drops orbax's own error logs (a traceback per background thread, hundreds of lines for
+    one full disk): every save failure reaches `Checkpointer._saving`, and every restore failure
+    `restore_newest`, which report it in one line."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return record.levelno < logging.ERROR or "orbax" not in record.pathname
+
+
+_ORBAX_ERRORS = _OrbaxErrorsWeReport()
+
+# A save needs the state's size on disk and some room to spare (metadata, the next metrics).
+_SPACE_FACTOR = 1.1
+
+
+def _write_failure(error: Exception) -> str:
+    """The operating system's reason for a failed write when the error carries one (tensorstore
+    reports `[os_error_code='28']`), else the error's first line."""
+    code = getattr(error, "errno", None)
+    found = re.search(r"os_error_code='(\d+)'", str(error))
+    if code is None and found:
+        code = int(found.group(1))
+    if code is not None:
+        return os.strerror(code)
+    return f"{type(error).__name__}: {str(error).splitlines()[0][:200] if str(error) else ''}"
 
 
 # What the checkpoint's arrays depend on: resuming with other values cannot restore them, and

@@ -9,21 +9,26 @@ Each task has a jitted per-batch step and a host-side reduction:
   top-1 agreement of the two), and for prompt data the teacher's NLL of continuations the
   student samples (config.sampling, a fixed key per batch position so every eval draws alike);
 - generation: the student's samples (config.generation) beside the split's real examples, as
-  many of each, scored by the sliced Wasserstein distance (`distances.sliced_wasserstein`).
+  many of each, scored by the sliced Wasserstein distance (`swd`) and, given a classifier run
+  (config.generation.fd_classifier), by `fd`, the Fréchet distance in its penultimate features:
+  the metric the step-distillation tables report for digits, computed the same way.
 """
 
 from __future__ import annotations
 
-from typing import Iterable
+import functools
+from typing import Callable, Iterable
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import scipy.stats
 
-from jaxdistill import data, losses
+from jaxdistill import data, loading, losses
 from jaxdistill.diffusion import distances, parameterizations, sampling
+from jaxdistill.errors import DistillError
 from jaxdistill.methods import lm
+from jaxdistill.models import classifiers
 
 
 def _classification_step(student, teacher):
@@ -166,12 +171,34 @@ def _summarize_lm(batch_sums: Iterable[dict]) -> dict[str, float]:
     return metrics
 
 
-def _generation_step(student, config, num_classes):
+@functools.cache
+def classifier_features(classifier_dir: str, image_shape: tuple[int, ...] | None = None
+                        ) -> Callable[[jax.Array], jax.Array]:
+    """`features(images)`: the penultimate features of the classifier run in `classifier_dir`
+    (an MLP such as `hinton_teacher_digits`) for generated images in [-1, 1], which it reads as
+    pixels in [0, 1]. Loaded once per directory; `image_shape` is checked against its inputs."""
+    classifier = loading.run(classifier_dir)
+    inputs = data.spec(classifier.run_config.data).inputs
+    trained_on = next(iter(inputs.values()))[0]
+    if image_shape is not None and tuple(trained_on) != tuple(image_shape):
+        raise DistillError(
+            f"config.generation.fd_classifier={classifier_dir} reads images of shape"
+            f" {tuple(trained_on)} but this run generates {tuple(image_shape)}; give a"
+            " classifier trained on this data (or leave fd_classifier empty)")
+    apply = functools.partial(classifiers.penultimate_features, classifier.module,
+                              classifier.params)
+    return lambda images: apply(jnp.clip((images + 1) / 2, 0, 1))
+
+
+def _generation_step(student, config, num_classes, example_shape):
     """Samples as many points as the batch has, from noise keyed by the batch's first row index
-    (so every evaluation of a split draws the same noise), beside the real ones."""
+    (so every evaluation of a split draws the same noise), beside the real ones (and both in
+    the FD classifier's features when the run names one)."""
     param = parameterizations.parameterization(config.diffusion)
     generation = config.generation
     sampling.check_sampling(param, generation.sampler, generation.steps, tuple(generation.times))
+    features = (classifier_features(generation.fd_classifier, example_shape)
+                if generation.get("fd_classifier") else None)
 
     def eval_step(params, teacher_params, batch):
         del teacher_params  # the metrics compare the student with the data
@@ -180,7 +207,11 @@ def _generation_step(student, config, num_classes):
         samples = sampling.sample(param, net, rng, batch["x"].shape, batch.get("label"),
                                   sampler=generation.sampler, steps=generation.steps,
                                   times=tuple(generation.times))
-        return {"samples": samples, "real": batch["x"], "mask": batch["mask"]}
+        outputs = {"samples": samples, "real": batch["x"], "mask": batch["mask"]}
+        if features is not None:
+            outputs.update(sample_features=features(jnp.nan_to_num(samples)),
+                           real_features=features(batch["x"]))
+        return outputs
 
     return eval_step
 
@@ -188,9 +219,12 @@ def _generation_step(student, config, num_classes):
 def _summarize_generation(batch_outputs: Iterable[dict]) -> dict[str, float]:
     gathered = _gather_masked(batch_outputs)
     finite = np.all(np.isfinite(gathered["samples"].reshape(len(gathered["samples"]), -1)), -1)
-    return {"swd": distances.sliced_wasserstein(np.nan_to_num(gathered["samples"]),
-                                                gathered["real"]),
-            "nonfinite_samples": int(np.sum(~finite)), "examples": len(finite)}
+    metrics = {"swd": distances.sliced_wasserstein(np.nan_to_num(gathered["samples"]),
+                                                   gathered["real"])}
+    if "sample_features" in gathered:
+        metrics["fd"] = distances.frechet_distance(gathered["sample_features"],
+                                                   gathered["real_features"])
+    return {**metrics, "nonfinite_samples": int(np.sum(~finite)), "examples": len(finite)}
 
 
 _STEPS = {"classification": _classification_step, "sentences": _sentence_step}
@@ -206,7 +240,8 @@ def make_eval_step(dataset, student, teacher, config):
     if dataset.task == "lm":
         return _lm_step(student, teacher, config.sampling, dataset.special_ids.eos)
     if dataset.task == "generation":
-        return _generation_step(student, config, dataset.num_classes)
+        return _generation_step(student, config, dataset.num_classes,
+                                dataset.inputs["x"][0])
     return _STEPS[dataset.task](student, teacher)
 
 

@@ -48,6 +48,14 @@ def _abstract(module: nn.Module, example_inputs) -> Any:
                           *example_inputs)
 
 
+def _placed(module: nn.Module, example_inputs, place: Placement) -> tuple[Any, Any]:
+    """The module's abstract params, each with the sharding `place` gives it, and the shardings."""
+    boxed = _abstract(module, example_inputs)
+    shardings = place(boxed)
+    return jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
+                        nn.unbox(boxed), shardings), shardings
+
+
 def run(run_dir: str, place: Placement = on_one_device, example_inputs=None,
         check: ModelCheck = lambda model_config, run_config: None,
         finished: bool = False) -> Loaded:
@@ -66,15 +74,22 @@ def run(run_dir: str, place: Placement = on_one_device, example_inputs=None,
     module = models.build(run_config.student)
     if example_inputs is None:
         example_inputs = data.spec(run_config.data).example_inputs()
-    boxed = _abstract(module, example_inputs)
-    shardings = place(boxed)
-    abstract = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
-                            nn.unbox(boxed), shardings)
+    abstract, shardings = _placed(module, example_inputs, place)
     params = checkpoint.load_params(run_dir, abstract, step=step,
                                     ema=run_config.get("ema_decay", 0.0) > 0)
     identity = {"checkpoint": os.path.abspath(run_dir), "step": step,
                 "fingerprint": checkpoint.fingerprint(run_dir, step)}
     return Loaded(module, run_config.student, params, shardings, run_config, identity)
+
+
+def planned(run_config: ml_collections.ConfigDict, place: Placement, example_inputs,
+            check: ModelCheck = lambda model_config, run_config: None) -> Loaded:
+    """The model a run of `run_config` will train, as abstract params (shapes and shardings):
+    what a command checks a student against before it trains that run as its teacher."""
+    check(run_config.student, run_config)
+    module = models.build(run_config.student)
+    abstract, shardings = _placed(module, example_inputs, place)
+    return Loaded(module, run_config.student, abstract, shardings, run_config)
 
 
 def pretrained(name: str, example_inputs, place: Placement = on_one_device,

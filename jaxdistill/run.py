@@ -194,21 +194,24 @@ def _check_tokenizer(config, teacher: loading.Loaded, dataset: data.DatasetSpec)
         " bpe tokenizer)")
 
 
-def _load_teacher(config, mesh, dataset) -> loading.Loaded:
-    """The teacher module and its frozen params, placed straight into the teacher layout."""
-    teacher = loading.teacher(
-        config, dataset.example_inputs(),
-        lambda boxed: sharding.param_shardings(boxed, mesh, config.sharding.teacher, "teacher"),
-        check=lambda model_config, run_config: _check_teacher(model_config, run_config, dataset))
+def _load_teacher(config, mesh, dataset, teacher_to_train) -> loading.Loaded:
+    """The teacher module and its frozen params, placed straight into the teacher layout (or
+    only their shapes, for a teacher that has yet to train)."""
+    def place(boxed):
+        return sharding.param_shardings(boxed, mesh, config.sharding.teacher, "teacher")
+
+    def check(model_config, run_config):
+        _check_teacher(model_config, run_config, dataset)
+
+    teacher = (loading.teacher(config, dataset.example_inputs(), place, check)
+               if teacher_to_train is None
+               else loading.planned(teacher_to_train, place, dataset.example_inputs(), check))
     _check_tokenizer(config, teacher, dataset)
     return teacher
 
 
-def check_without_teacher(config: ml_collections.ConfigDict,
-                          devices: Sequence[jax.Device] | None = None):
-    """Every check of `config` that needs no teacher (settings, method, dataset, student, mesh):
-    what a command runs before it trains a teacher for the run. Returns (method, dataset, mesh);
-    `config` gains its method's settings."""
+def _check_without_teacher(config: ml_collections.ConfigDict, devices):
+    """The checks of `config` that need no teacher: settings, method, dataset, student, mesh."""
     config_lib.validate(config)
     method = methods.get(config.method)
     methods.with_settings(config)
@@ -222,13 +225,19 @@ def check_without_teacher(config: ml_collections.ConfigDict,
 
 
 def build(config: ml_collections.ConfigDict, *,
-          devices: Sequence[jax.Device] | None = None) -> Run:
-    """The run of `config`, which gains its method's settings at their defaults where unset."""
-    method, dataset, mesh = check_without_teacher(config, devices)
+          devices: Sequence[jax.Device] | None = None,
+          teacher_to_train: ml_collections.ConfigDict | None = None) -> Run:
+    """The run of `config`, which gains its method's settings at their defaults where unset.
+
+    `teacher_to_train` is the config of a teacher run that has not trained yet: the run is then
+    built against that teacher's abstract params, which checks everything about the student
+    before the teacher trains and gives the memory estimate, but cannot init or train."""
+    method, dataset, mesh = _check_without_teacher(config, devices)
     example_inputs = dataset.example_inputs()
 
     student = models.build(config.student)
-    loaded = _load_teacher(config, mesh, dataset) if method.needs_teacher else None
+    loaded = (_load_teacher(config, mesh, dataset, teacher_to_train)
+              if method.needs_teacher else None)
     teacher, teacher_params, teacher_shardings, teacher_config = (
         (loaded.module, loaded.params, loaded.shardings, loaded.run_config) if loaded
         else (None, None, None, None))

@@ -28,7 +28,7 @@ from tensorboardX.proto import event_pb2
 from jaxdistill import checkpoint, data, distributed, evaluate, memory, methods
 from jaxdistill import config as config_lib
 from jaxdistill.errors import DistillError, NonFiniteLossError, Preempted
-from jaxdistill.run import Run, build, check_without_teacher
+from jaxdistill.run import Run, build
 
 
 def _parsed_row(line: str) -> dict | None:
@@ -125,18 +125,12 @@ def _checked(pending: list[tuple[int, dict]], workdir: str, last_good: int | Non
     return {key: float(value) for key, value in fetched[-1][1].items()}
 
 
-def _needs_teacher_trained(config: ml_collections.ConfigDict) -> bool:
-    """Whether the method needs a teacher that only exists as a config to train (a teacher that
-    is not named at all is `build`'s to report)."""
-    return (methods.get(config.method).needs_teacher and not config.teacher.checkpoint
-            and not config.teacher.pretrained and bool(config.teacher.config))
-
-
-def _teacher_ready(config: ml_collections.ConfigDict, workdir: str, devices, progress: bool):
-    """Trains the teacher into WORKDIR/teacher when the method needs one and none is given."""
-    if not _needs_teacher_trained(config):
-        return config
-    check_without_teacher(config.copy_and_resolve_references(), devices)  # before it trains
+def _teacher_to_train(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict | None:
+    """The config of the teacher the run trains first into WORKDIR/teacher: when the method
+    needs a teacher that only exists as a config (one not named at all is `build`'s to report)."""
+    if not (methods.get(config.method).needs_teacher and not config.teacher.checkpoint
+            and not config.teacher.pretrained and config.teacher.config):
+        return None
     teacher_config = config_lib.load(config.teacher.config)
     # An independent draw: a teacher of the student's own architecture (born-again chains) must
     # not start from the student's initialisation and data order.
@@ -146,6 +140,24 @@ def _teacher_ready(config: ml_collections.ConfigDict, workdir: str, devices, pro
     own_layout = {key: teacher_config.data[key] for key in ("format", "max_length")}
     teacher_config.data = config.data.copy_and_resolve_references()
     teacher_config.data.update(own_layout)
+    config_lib.validate(teacher_config)
+    return teacher_config
+
+
+def _build_before_the_teacher(config: ml_collections.ConfigDict, devices,
+                              teacher_config: ml_collections.ConfigDict | None) -> Run:
+    """The run, built against the teacher it will train first when there is one: every check
+    of the student, the teacher pairing and the memory estimate, before any training."""
+    return build(config.copy_and_resolve_references(), devices=devices,
+                 teacher_to_train=teacher_config)
+
+
+def _teacher_ready(config: ml_collections.ConfigDict, workdir: str, devices, progress: bool):
+    """Trains the teacher into WORKDIR/teacher when the method needs one and none is given."""
+    teacher_config = _teacher_to_train(config)
+    if teacher_config is None:
+        return config
+    _build_before_the_teacher(config, devices, teacher_config)
     teacher_dir = os.path.join(workdir, "teacher")
     train_and_evaluate(teacher_config, teacher_dir, devices=devices, progress=progress)
     config = config.copy_and_resolve_references()
@@ -240,15 +252,13 @@ def _train_steps(run: Run, progress: _Progress, batches, end: int, checkpointer,
 def dry_run(config: ml_collections.ConfigDict, *, devices=None) -> dict[str, int]:
     """Every check a run makes before it trains, and its memory estimate per device (returned
     and printed); nothing is trained or written. A teacher the run would train first is
-    checked as a config; the student is then built once it exists."""
+    checked as a config, and the student against that teacher's shapes."""
     config_lib.validate(config)
-    if _needs_teacher_trained(config):
-        check_without_teacher(config.copy_and_resolve_references(), devices)
-        config_lib.validate(config_lib.load(config.teacher.config))
-        print(f"dry run: the teacher ({config.teacher.config}) is trained first; the checks that"
-              " need it run once it exists", flush=True)
-        return {}
-    run = build(config, devices=devices)
+    teacher_config = _teacher_to_train(config)
+    run = _build_before_the_teacher(config, devices, teacher_config)
+    if teacher_config is not None and jax.process_index() == 0:
+        print(f"dry run: the teacher ({config.teacher.config}) is trained first into"
+              " WORKDIR/teacher", flush=True)
     _, report = _batches_within_memory(run, 0)
     return report
 

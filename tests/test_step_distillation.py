@@ -449,3 +449,22 @@ def test_paper_configs_run_on_tfds_images(arg, dataset, shape, tmp_path, monkeyp
     assert spec.task == "generation" and spec.inputs["x"][0] == shape
     assert batch["x"].shape == (4, *shape) and -1 <= batch["x"].min() <= batch["x"].max() <= 1
     assert spec.num_classes == config.student.num_classes
+
+
+def test_digits_runs_log_the_fd_their_tables_report(smoke_config, teacher_dir, tmp_path):
+    config = smoke_config("diffusion_images", total_steps=10)
+    config.generation.fd_classifier = teacher_dir  # the digits classifier the tables use
+    summary = train.train_and_evaluate(config, str(tmp_path), progress=False)
+    logged = summary["eval"]["validation"]
+    samples_fd = logged["fd"]
+    assert np.isfinite(samples_fd) and samples_fd > 0 and "swd" in logged
+    rows = [json.loads(line) for line in open(tmp_path / "metrics.jsonl")]
+    assert [row["fd"] for row in rows if "split" in row][-1] == samples_fd
+
+
+def test_an_fd_classifier_of_other_images_is_refused(smoke_config, teacher_dir, tmp_path):
+    config = smoke_config("diffusion_2d", total_steps=2)
+    config.generation.fd_classifier = teacher_dir
+    with pytest.raises(DistillError, match=r"reads images of shape \(8, 8, 1\) but this run"
+                                           r" generates \(2,\)"):
+        train.train_and_evaluate(config, str(tmp_path), progress=False)

@@ -52,6 +52,9 @@ def test_bad_run_settings_are_refused_before_anything_runs(capsys, tmp_path, dat
 @pytest.mark.parametrize("override, expected", [
     ("--config.checkpoint.keep=0", "config.checkpoint.keep=0"),
     ("--config.student.num_classes=7", "the student predicts 7 classes but the dataset has 10"),
+    # Needs the teacher's shapes, which its config gives before it trains.
+    ("--config.student_init.from_teacher=True", "config.student_init.from_teacher copies the"
+                                                " teacher's"),
 ])
 def test_a_student_config_mistake_is_refused_before_its_teacher_trains(capsys, tmp_path,
                                                                        data_dir, override,
@@ -374,6 +377,54 @@ def test_a_full_disk_while_logging_ends_the_run_with_one_line(smoke_config, tmp_
     assert train.train_and_evaluate(config, str(tmp_path), progress=False)["step"] == 20
 
 
+# The checkpoint's files exceed a file-size limit, which the kernel enforces like a full disk
+# (a write fails with EFBIG rather than ENOSPC); the run's other files stay below it.
+FILE_SIZE_LIMIT_DRIVER = """
+import resource, sys
+from jaxdistill import cli
+resource.setrlimit(resource.RLIMIT_FSIZE, (20_000, resource.RLIM_INFINITY))
+cli.main(sys.argv[1:])
+"""
+
+
+def test_a_save_that_fails_mid_write_is_one_line_and_keeps_the_last_checkpoint(
+        smoke_config, tmp_path, data_dir):
+    config = smoke_config("hinton_teacher_digits")
+    train.train_and_evaluate(config, str(tmp_path), stop_after_steps=5, progress=False)
+    driver = tmp_path / "driver.py"
+    driver.write_text(FILE_SIZE_LIMIT_DRIVER)
+    result = subprocess.run(
+        [sys.executable, str(driver), "train", "--config=configs/hinton_teacher_digits.py:smoke",
+         f"--workdir={tmp_path}", "--no_progress", f"--config.data.data_dir={data_dir}",
+         "--config.checkpoint.async_save=False"], capture_output=True, text=True, timeout=600)
+    assert result.returncode == 2, result.stderr[-2000:]
+    # tensorstore may still print what its writes in flight hit as their event loop closed; no
+    # traceback of the run itself is printed, and the run's report is one line.
+    assert "jaxdistill/" not in result.stderr and "ERROR:absl" not in result.stderr
+    assert [line for line in result.stderr.splitlines() if "jaxdistill" in line] == [
+        f"jaxdistill: error: saving the checkpoint of step 10 under {tmp_path} failed (File too"
+        " large); free space there (or fix its permissions) and rerun the same command: it"
+        " resumes from the last good checkpoint (step 5)"]
+    summary = train.train_and_evaluate(config, str(tmp_path), progress=False)
+    assert summary["step"] == 20 and not (tmp_path / "skipped_checkpoints").exists()
+
+
+def test_a_save_the_disk_cannot_hold_is_refused_before_it_starts(smoke_config, tmp_path,
+                                                                 monkeypatch):
+    config = smoke_config("hinton_teacher_digits")
+    train.train_and_evaluate(config, str(tmp_path), stop_after_steps=5, progress=False)
+    monkeypatch.setattr(checkpoint.shutil, "disk_usage",
+                        lambda path: shutil._ntuple_diskusage(10**9, 10**9 - 1000, 1000))
+    with pytest.raises(DistillError, match=r"the checkpoint of step 10 needs about 0\.\d MiB but"
+                                           r" .* has 0\.0 MiB free; free space there and rerun"
+                                           r" the same command: it resumes from the last good"
+                                           r" checkpoint \(step 5\)"):
+        train.train_and_evaluate(config, str(tmp_path), progress=False)
+    monkeypatch.undo()
+    assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir()) == ["5"]
+    assert train.train_and_evaluate(config, str(tmp_path), progress=False)["step"] == 20
+
+
 def test_rows_of_steps_lost_to_a_kill_are_not_logged_twice(smoke_config, tmp_path):
     config = smoke_config("hinton_teacher_digits")
     config.checkpoint.every_steps = 10
@@ -402,6 +453,10 @@ def test_print_config_and_dry_run_write_nothing(capsys, tmp_path, data_dir, teac
     with pytest.raises(SystemExit):
         cli.main([*argv[:-1], "--dry_run", "--config.batch_size=7"])
     assert "must be divisible by the 8 batch shards" in capsys.readouterr().err
+    cli.main([argv[0], *argv[1:3], "--dry_run"])  # with a teacher to train first
+    out = capsys.readouterr().out
+    assert "the teacher (hinton_teacher_digits:smoke) is trained first" in out, out
+    assert "teacher_params" in out.split("memory/device")[1]  # the student against its shapes
     assert not (tmp_path / "run").exists()
 
 

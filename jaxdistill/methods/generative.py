@@ -6,8 +6,9 @@ noisy pair, denoising score matching, guarded targets, the mean over finite exam
 training-noise distribution (p_mean, p_std), the scale of the time the network embeds
 (`Parameterization.time_scale`) and the share of labels dropped for classifier-free guidance.
 `generation`: how a model samples at evaluation: sampler (euler, heun, consistency, meanflow),
-steps, guidance scale, and the intermediate times of multistep consistency sampling (empty:
-spaced like the Karras grid).
+steps, guidance scale, the intermediate times of multistep consistency sampling (empty:
+spaced like the Karras grid), and `fd_classifier`, a classifier run whose penultimate features
+score the samples by FD at evaluation besides SWD (empty: SWD only).
 """
 
 from __future__ import annotations
@@ -33,7 +34,8 @@ SETTINGS = {
     "diffusion": {"parameterization": "edm", "sigma_data": 0.5, "sigma_min": 0.002,
                   "sigma_max": 80.0, "rho": 7.0, "p_mean": -1.2, "p_std": 1.2,
                   "time_scale": 1000.0, "label_dropout": 0.0},
-    "generation": {"sampler": "heun", "steps": 18, "guidance": 1.0, "times": ()},
+    "generation": {"sampler": "heun", "steps": 18, "guidance": 1.0, "times": (),
+                   "fd_classifier": ""},
 }
 
 # What a diffusion teacher's outputs mean: a student reading them under other settings would

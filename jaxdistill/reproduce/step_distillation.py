@@ -23,10 +23,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxdistill import checkpoint, data, loading, train
+from jaxdistill import checkpoint, data, evaluate, loading, train
 from jaxdistill.diffusion import distances, parameterizations, sampling
 from jaxdistill.errors import DistillError
-from jaxdistill.models import classifiers
 from jaxdistill.reproduce.table import ConfigLoader, Experiment, Row, train_shared
 
 TEACHER_SAMPLERS = (("euler", 1), ("euler", 2), ("heun", 2), ("heun", 4), ("heun", 9),
@@ -86,23 +85,22 @@ class Scorer:
         return sample, labels
 
 
-def _split(config, split: str) -> dict:
-    count, read = data.reader(config.data, split)
+def _split(data_config, split: str) -> dict:
+    count, read = data.reader(data_config, split)
     return read(np.arange(count))
 
 
-def _scorer(kind: str, config, load: ConfigLoader, scale: str, workdir: str) -> Scorer:
+def _scorer(kind: str, data_config, classifier_dir: str | None) -> Scorer:
+    test, train_points = _split(data_config, "test")["x"], _split(data_config, "train")["x"]
     if kind == "2d":
-        test, train_points = _split(config, "test")["x"], _split(config, "train")["x"]
         score = functools.partial(_swd, reference=test)
         return Scorer(kind, "SWD", test, None, score, score(train_points[:len(test)]),
                       f"train[:{len(test)}] vs test")
-    classifier_dir = _classifier(load, scale, workdir)
     features = _digit_features(classifier_dir)
-    reference = _split(config, "train")
+    reference = _split(data_config, "train")
     score = functools.partial(_fd, features=features, reference=features(reference["x"]))
     return Scorer(kind, "FD", reference["x"], np.asarray(reference["label"]), score,
-                  score(_split(config, "test")["x"]), "test (360) vs train; small n inflates FD")
+                  score(test), "test (360) vs train; small n inflates FD")
 
 
 def _swd(samples, reference):
@@ -115,28 +113,22 @@ def _fd(samples, features, reference):
 
 def _classifier(load: ConfigLoader, scale: str, workdir: str) -> str:
     """The project's digits classifier (the hinton2015 teacher), trained once beside the
-    tables: its penultimate features define FD."""
+    tables: its penultimate features define FD, in the tables and in the digits runs' logs."""
     config = load(f"hinton_teacher_digits:{'smoke' if scale == 'smoke' else 'local'}")
     return train_shared(config, workdir, f"hinton_teacher_digits_{scale}")[0]
 
 
 def _digit_features(classifier_dir: str):
-    classifier = loading.run(classifier_dir)
-    apply = jax.jit(functools.partial(classifiers.penultimate_features, classifier.module))
-
-    def features(images):
-        # Samples live in [-1, 1]; the classifier reads pixels in [0, 1].
-        return np.asarray(apply(classifier.params,
-                                jnp.clip((jnp.asarray(images) + 1) / 2, 0, 1)))
-
-    return features
+    apply = jax.jit(evaluate.classifier_features(classifier_dir))
+    return lambda images: np.asarray(apply(jnp.asarray(images)))
 
 
 def train_teacher(load: ConfigLoader, scale: str, kind: str, parameterization: str,
-                  student: Student, workdir: str) -> str:
+                  student: Student, workdir: str, classifier_dir: str | None) -> str:
     """The diffusion teacher of one data kind and parameterization (the one `student`'s config
     names), trained once (seed 0) and resumed (evaluated only) by every later table."""
     config = load(load(f"{student.config}:{scale},{kind}").teacher.config)
+    config.generation.fd_classifier = classifier_dir or ""
     return train_shared(config, workdir, f"diffusion_{kind}_{parameterization}_{scale}")[0]
 
 
@@ -195,8 +187,10 @@ def _sampled_row(setting: str, run_dirs: list[str], scorer: Scorer, sampler: str
 
 def _kind_rows(kind: str, scale: str, workdir: str, seeds: int, load: ConfigLoader,
                parameterization: str, students: tuple[Student, ...]) -> list[Row]:
-    teacher_dir = train_teacher(load, scale, kind, parameterization, students[0], workdir)
-    scorer = _scorer(kind, checkpoint.read_config(teacher_dir), load, scale, workdir)
+    classifier_dir = _classifier(load, scale, workdir) if kind == "digits" else None
+    teacher_dir = train_teacher(load, scale, kind, parameterization, students[0], workdir,
+                                classifier_dir)
+    scorer = _scorer(kind, checkpoint.read_config(teacher_dir).data, classifier_dir)
     prefix = "2-D" if kind == "2d" else "digits"
     rows = [Row(f"{prefix}: data ({scorer.floor_note})", [scorer.floor] * seeds,
                 note=f"{scorer.metric} floor")]
@@ -211,6 +205,7 @@ def _kind_rows(kind: str, scale: str, workdir: str, seeds: int, load: ConfigLoad
             config = load(f"{student.config}:{scale},{kind}")
             config.update_from_flattened_dict(student.overrides)
             config.seed = seed
+            config.generation.fd_classifier = classifier_dir or ""
             if config.teacher.config:
                 config.teacher.checkpoint = teacher_dir
             run_dir = os.path.join(workdir, f"{kind}_{_slug(student.label)}_seed{seed}")
