@@ -53,7 +53,7 @@ def write(config: ml_collections.ConfigDict, out: str, top_k: int, split: str = 
     """Runs the teacher over every row of `split` and writes its top-k targets under `out`."""
     loaded = loading.teacher(config, data.spec(config.data).example_inputs())
     teacher, params = loaded.module, loaded.params
-    vocab_size = lm.llama.head_matrix(params).shape[-1]
+    vocab_size = teacher.vocab_size
     recorded = _existing(out, _settings(config, top_k, vocab_size))
     temperature = config.loss.temperature
 

@@ -7,6 +7,7 @@
     jaxdistill reproduce --list
     jaxdistill cache-teacher --config CONFIG --out DIR --top_k K [--split train]
         [--config.a.b=VALUE ...]
+    jaxdistill export WORKDIR --out DIR [--dtype float32|bfloat16] [--max_shard_gib 2]
     jaxdistill methods
     jaxdistill configs
     jaxdistill --version
@@ -28,7 +29,7 @@ from absl import flags
 from ml_collections import config_flags
 
 import jaxdistill
-from jaxdistill import cache_teacher, distributed, methods, reproduce, train
+from jaxdistill import cache_teacher, distributed, export, methods, reproduce, train
 from jaxdistill import config as config_lib
 from jaxdistill.errors import DistillError, Preempted
 
@@ -157,6 +158,23 @@ def _cache_teacher(argv: list[str]) -> None:
           f" {args.split} rows at temperature {recorded['temperature']}")
 
 
+def _export(argv: list[str]) -> None:
+    parser = argparse.ArgumentParser(
+        prog="jaxdistill export",
+        description="Write a run's student as a Hugging Face directory (a causal LM for"
+                    " transformers, or a sentence-transformers encoder).")
+    parser.add_argument("workdir", help="the run directory (its newest checkpoint is exported)")
+    parser.add_argument("--out", required=True, help="the new Hugging Face directory")
+    parser.add_argument("--dtype", choices=export.DTYPES, default="float32")
+    parser.add_argument("--max_shard_gib", type=float,
+                        default=export.DEFAULT_MAX_SHARD_BYTES / 2**30,
+                        help="safetensors files are split past this size")
+    args = parser.parse_args(argv)
+    out = export.export(args.workdir, args.out, dtype=args.dtype,
+                        max_shard_bytes=int(args.max_shard_gib * 2**30))
+    print(f"{out}: the student of {args.workdir} as a Hugging Face directory ({args.dtype})")
+
+
 def _methods(argv: list[str]) -> None:
     argparse.ArgumentParser(prog="jaxdistill methods",
                             description="List the registered methods.").parse_args(argv)
@@ -176,7 +194,7 @@ def _configs(argv: list[str]) -> None:
 
 
 COMMANDS = {"train": _train, "reproduce": _reproduce, "cache-teacher": _cache_teacher,
-            "methods": _methods, "configs": _configs}
+            "export": _export, "methods": _methods, "configs": _configs}
 
 
 def main(argv: list[str] | None = None) -> None:

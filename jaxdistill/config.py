@@ -49,10 +49,13 @@ def base() -> ml_collections.ConfigDict:
     c.teacher = ml_collections.ConfigDict({"checkpoint": "", "config": "", "pretrained": "",
                                            "allow_unfinished": False})
     # teacher_layers: copy the teacher's embeddings and these layers into the student (DistilBERT
-    # and MiniLM students), e.g. (0, 2, 5); empty initialises the student from scratch.
-    # from_teacher starts the student as a copy of the whole teacher (consistency distillation,
-    # DMD2: same architecture).
-    c.student_init = ml_collections.ConfigDict({"teacher_layers": (), "from_teacher": False})
+    # and MiniLM students, depth-pruned LMs), e.g. (0, 2, 5); empty initialises the student from
+    # scratch. from_teacher starts the student as a copy of the whole teacher (consistency
+    # distillation, DMD2: same architecture). pretrained: a Hugging Face directory (or known
+    # name) whose model and weights the student starts from (config.student keeps only its
+    # dtype and dropout).
+    c.student_init = ml_collections.ConfigDict({"teacher_layers": (), "from_teacher": False,
+                                                "pretrained": ""})
     # The method's own settings (loss weights, temperatures, schedules) are declared by the
     # method and added by `methods.with_settings`; this section starts empty.
     c.loss = ml_collections.ConfigDict()

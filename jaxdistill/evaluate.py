@@ -238,7 +238,7 @@ def make_eval_step(dataset, student, teacher, config):
     The run's config says how an LM student samples continuations of eval prompts
     (config.sampling) and how a generative model samples (config.diffusion, .generation)."""
     if dataset.task == "lm":
-        return _lm_step(student, teacher, config.sampling, dataset.special_ids.eos)
+        return _lm_step(student, teacher, config.sampling, dataset.special_ids.eos_ids)
     if dataset.task == "generation":
         return _generation_step(student, config, dataset.num_classes,
                                 dataset.inputs["x"][0])

@@ -1,12 +1,13 @@
 """Sampling from a causal LM with a KV cache, as one jitted program.
 
     out = generate(model, params, prompts, prompt_lengths, max_new_tokens=64, rng=rng,
-                   temperature=1.0, top_p=0.95, eos_id=2)
+                   temperature=1.0, top_p=0.95, eos_id=2)    # or eos_id=(128001, 128009)
 
 Prompts of different lengths are shifted right so that they all end at the same slot (left
 padding); every row then decodes into the same cache slot at each step, with its own positions,
 so a padded batch generates exactly what each prompt would alone. This sampling temperature is
-not the distillation loss's temperature (config.loss.temperature).
+not the distillation loss's temperature (config.loss.temperature). Sliding-window layers need
+nothing special: the cache keeps every slot and the model masks what a window hides.
 """
 
 from __future__ import annotations
@@ -18,12 +19,12 @@ import jax
 import jax.numpy as jnp
 from jaxtyping import Array, Bool, Float, Int
 
-from jaxdistill.models.llama import Llama, head_matrix, logits_from_hidden
+from jaxdistill.models.llama import Llama, logits_from_hidden
 
 
 class GenerateOutput(NamedTuple):
-    tokens: Int[Array, "batch new"]       # pad_id after the first EOS
-    mask: Bool[Array, "batch new"]        # True up to and including the first EOS
+    tokens: Int[Array, "batch new"]       # pad_id after the first end token
+    mask: Bool[Array, "batch new"]        # True up to and including the first end token
     logprobs: Float[Array, "batch new"]   # under the sampling distribution; 0 where masked
 
 
@@ -85,24 +86,26 @@ def right_pad(prompts: Int[Array, "batch prompt"], prompt_mask: Array
 def generate(model: Llama, params: dict, prompts: Int[Array, "batch prompt"],
              prompt_lengths: Int[Array, "batch"], *, max_new_tokens: int, rng: Array,
              temperature: float | Array = 1.0, top_k: int = 0, top_p: float = 1.0,
-             eos_id: int | None = None, pad_id: int = 0) -> GenerateOutput:
+             eos_id: int | tuple[int, ...] | None = None, pad_id: int = 0) -> GenerateOutput:
     """Samples `max_new_tokens` tokens after each prompt.
 
     `params` is what `model.apply` takes ({"params": ...}); row i's prompt is
     `prompts[i, :prompt_lengths[i]]` (right-padded, at least one token). The whole call is
-    jitted; `temperature` may vary without recompiling, the static arguments may not. Decoding
-    runs all `max_new_tokens` steps; tokens after a row's EOS are masked out, not computed less.
+    jitted; `temperature` may vary without recompiling, the static arguments may not. A row
+    ends at the first of the `eos_id` tokens (an int, or a tuple of ints such as
+    `pretrained.eos_ids(path)`; hashable, as a static argument must be). Decoding runs all
+    `max_new_tokens` steps; tokens after a row's end are masked out, not computed less.
     """
     batch, prompt_length = prompts.shape
     tokens, valid = left_pad(prompts, prompt_lengths, pad_id)
     cache = model.init_cache(batch, prompt_length + max_new_tokens)
-    head = head_matrix(params)
+    head = model.output_head(params)
 
     def forward(tokens, attention_mask, cache):
         # The model's default positions count from each row's first real token.
         hidden, cache = model.apply(params, tokens, attention_mask, train=False, cache=cache,
                                     method="hidden")
-        return logits_from_hidden(hidden[:, -1], head), cache
+        return logits_from_hidden(hidden[:, -1], head, model.final_softcap), cache
 
     def sample(logits, step):
         return sample_logits(logits, jax.random.fold_in(rng, step), temperature, top_k, top_p)
@@ -122,9 +125,16 @@ def generate(model: Llama, params: dict, prompts: Int[Array, "batch prompt"],
     return GenerateOutput(jnp.where(mask, new_tokens, pad_id), mask, jnp.where(mask, logprobs, 0.0))
 
 
-def until_eos(tokens: Int[Array, "batch new"], eos_id: int | None) -> Bool[Array, "batch new"]:
-    """True up to and including each row's first EOS (everywhere when there is no EOS id)."""
+def is_eos(tokens: Int[Array, "*shape"], eos_id: int | tuple[int, ...]) -> Bool[Array, "*shape"]:
+    """Where `tokens` is an end token: `eos_id` itself, or any id of a tuple."""
+    ids = jnp.asarray(eos_id, tokens.dtype).reshape(-1)
+    return jnp.any(tokens[..., None] == ids, axis=-1)
+
+
+def until_eos(tokens: Int[Array, "batch new"],
+              eos_id: int | tuple[int, ...] | None) -> Bool[Array, "batch new"]:
+    """True up to and including each row's first end token (everywhere without end ids)."""
     if eos_id is None:
         return jnp.ones(tokens.shape, bool)
-    is_eos = tokens == eos_id
-    return jnp.cumsum(is_eos, axis=1) - is_eos == 0
+    ends = is_eos(tokens, eos_id)
+    return jnp.cumsum(ends, axis=1) - ends == 0

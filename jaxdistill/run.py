@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import flax.linen as nn
 import jax
@@ -34,6 +34,7 @@ from jaxdistill import (
 )
 from jaxdistill import state as state_lib
 from jaxdistill import step as step_lib
+from jaxdistill.data import text_tokenizers
 from jaxdistill.errors import DistillError
 
 
@@ -52,16 +53,17 @@ class Run:
     loss: methods.StatefulLoss
     state_shardings: Any
     _init: Any
+    _initial_params: Callable[[], Any]  # a pretrained student's params, placed; else None
     _train_step: Any
     _eval_step: Any
 
     def init(self, rng: jax.Array | None = None) -> state_lib.DistillState:
         """A fresh state, created directly in its shardings (never materialized on one device)."""
         rng = jax.random.key(self.config.seed) if rng is None else rng
-        return self._init(rng, self.teacher_params)
+        return self._init(rng, self.teacher_params, self._initial_params())
 
     def abstract_state(self) -> state_lib.DistillState:
-        abstract = jax.eval_shape(self._init, jax.random.key(0), self.teacher_params)
+        abstract = jax.eval_shape(self._init, jax.random.key(0), self.teacher_params, None)
         return jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
                             abstract, self.state_shardings)
 
@@ -170,28 +172,25 @@ def _teacher_tokenizer(teacher: loading.Loaded):
     if teacher.run_config is None:
         return teacher.tokenizer
     teacher_data = teacher.run_config.get("data")
-    return data.tokenizer(teacher_data) if teacher_data and teacher_data.tokenizer else None
+    return (data.transformers_tokenizer(teacher_data)
+            if teacher_data and teacher_data.tokenizer else None)
 
 
 def _check_tokenizer(config, teacher: loading.Loaded, dataset: data.DatasetSpec) -> None:
     """A text teacher must read the data's token ids as its own tokens: a tokenizer of the same
-    size but another vocabulary would pass every size check and feed the teacher garbage."""
+    size but another vocabulary (or other special tokens) would pass every size check and feed
+    the teacher garbage."""
     theirs = _teacher_tokenizer(teacher) if dataset.task in ("lm", "sentences") else None
     if theirs is None:
         return
-    ours, their_vocab = data.tokenizer(config.data).get_vocab(), theirs.get_vocab()
-    if ours == their_vocab:
-        return
-    our_tokens = {i: token for token, i in ours.items()}
-    their_tokens = {i: token for token, i in their_vocab.items()}
-    first = min(i for i in our_tokens.keys() | their_tokens.keys()
-                if our_tokens.get(i) != their_tokens.get(i))
-    raise DistillError(
-        f"the data's tokenizer ({config.data.name}, {config.data.tokenizer}) is not the"
-        f" teacher's: token {first} is {our_tokens.get(first)!r} in the data but"
-        f" {their_tokens.get(first)!r} for the teacher; tokenize the data with the teacher's"
-        " tokenizer (config.data.tokenizer, and the teacher's config.data.name for a trained"
-        " bpe tokenizer)")
+    found = text_tokenizers.difference(data.transformers_tokenizer(config.data), theirs,
+                                       names=("in the data", "for the teacher"))
+    if found is not None:
+        raise DistillError(
+            f"the data's tokenizer ({config.data.name}, {config.data.tokenizer}) is not the"
+            f" teacher's: {found};"
+            " tokenize the data with the teacher's tokenizer (config.data.tokenizer, and the"
+            " teacher's config.data.name for a trained bpe tokenizer)")
 
 
 def _load_teacher(config, mesh, dataset, teacher_to_train) -> loading.Loaded:
@@ -210,9 +209,24 @@ def _load_teacher(config, mesh, dataset, teacher_to_train) -> loading.Loaded:
     return teacher
 
 
+def _student_from_pretrained(config: ml_collections.ConfigDict) -> None:
+    """With config.student_init.pretrained, the student is that model: config.student takes its
+    settings, keeping only the compute settings (dtype, dropout) config.student gives."""
+    source = config.student_init.pretrained
+    if not source:
+        return
+    if config.student_init.teacher_layers or config.student_init.from_teacher:
+        raise DistillError("config.student_init.pretrained starts the student from a Hugging Face"
+                           " model, which teacher_layers and from_teacher would overwrite; set"
+                           " only one of them")
+    kept = {key: config.student[key] for key in ("dtype", "dropout") if key in config.student}
+    config.student = ml_collections.ConfigDict({**models.pretrained.model_config(source), **kept})
+
+
 def _check_without_teacher(config: ml_collections.ConfigDict, devices):
     """The checks of `config` that need no teacher: settings, method, dataset, student, mesh."""
     config_lib.validate(config)
+    _student_from_pretrained(config)
     method = methods.get(config.method)
     methods.with_settings(config)
     dataset = data.spec(config.data)
@@ -248,9 +262,10 @@ def build(config: ml_collections.ConfigDict, *,
         teacher_config=teacher_config)
     loss = methods.as_stateful(method.make_loss(context))
 
-    def init_state(rng, teacher_params, boxed=False):
+    def init_state(rng, teacher_params, initial_params=None, boxed=False):
         params_rng, state_rng = jax.random.split(rng)
-        params = student.init(params_rng, *example_inputs, train=False)
+        params = (student.init(params_rng, *example_inputs, train=False)
+                  if initial_params is None else initial_params)
         if not boxed:
             params = student_init.apply(config.student_init, nn.unbox(params), teacher_params)
         # Boxed (logically annotated) params make optax's states carry the same annotations.
@@ -264,6 +279,14 @@ def build(config: ml_collections.ConfigDict, *,
                                  teacher_params)
     state_shardings = sharding.param_shardings(boxed_state, mesh, config.sharding.student,
                                                "student")
+
+    def initial_params():
+        """config.student_init.pretrained's weights, placed straight into the student layout."""
+        if not config.student_init.pretrained:
+            return None
+        return loading.pretrained(config.student_init.pretrained, example_inputs, lambda boxed:
+                                  sharding.param_shardings(boxed, mesh, config.sharding.student,
+                                                           "student")).params
     batch_sharding = sharding.batch_sharding(mesh)
     replicated = sharding.replicated(mesh)
 
@@ -283,7 +306,8 @@ def build(config: ml_collections.ConfigDict, *,
         teacher=teacher, teacher_params=teacher_params,
         teacher_identity=None if loaded is None else loaded.identity, optimizer=optimizer,
         lr_schedule=lr_schedule, loss=loss, state_shardings=state_shardings,
-        _init=jax.jit(init_state, in_shardings=(None, teacher_shardings),
+        _init=jax.jit(init_state, in_shardings=(None, teacher_shardings, None),
                       out_shardings=state_shardings),
+        _initial_params=initial_params,
         _train_step=train_step, _eval_step=eval_step,
     )

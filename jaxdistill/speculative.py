@@ -28,7 +28,7 @@ import jax.numpy as jnp
 from jaxtyping import Array, Bool, Float, Int
 
 from jaxdistill.errors import DistillError
-from jaxdistill.generate import filter_logits, until_eos
+from jaxdistill.generate import filter_logits, is_eos, until_eos
 from jaxdistill.models.llama import KVCache, Llama
 
 
@@ -157,7 +157,8 @@ def speculative_generate(target_model: Llama, target_params: dict, draft_model: 
                          draft_params: dict, prompts: Int[Array, "batch prompt"],
                          prompt_lengths: Int[Array, "batch"], *, max_new_tokens: int,
                          gamma: int, rng: Array, temperature: float | Array = 1.0,
-                         eos_id: int | None = None, pad_id: int = 0) -> SpeculativeOutput:
+                         eos_id: int | tuple[int, ...] | None = None,
+                         pad_id: int = 0) -> SpeculativeOutput:
     """Samples `max_new_tokens` tokens after each prompt from the target, with the draft
     proposing `gamma` tokens per target call.
 
@@ -231,7 +232,7 @@ def speculative_generate(target_model: Llama, target_params: dict, draft_model: 
                             state.lengths)
         new = jnp.arange(gamma + 1) < (lengths - state.lengths)[:, None]
         saw_eos = jnp.zeros_like(active) if eos_id is None else jnp.any(
-            new & (block == eos_id), axis=1)
+            new & is_eos(block, eos_id), axis=1)
         return _Decoding(
             sequence, lengths, state.done | saw_eos | (lengths >= final_lengths),
             _commit_block(target_cache, gamma + 1, state.lengths - 1, lengths - 1),

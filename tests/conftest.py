@@ -40,3 +40,16 @@ def teacher_dir(tmp_path_factory, data_dir):
     workdir = str(tmp_path_factory.mktemp("teacher"))
     train.train_and_evaluate(config, workdir, progress=False)
     return workdir
+
+
+@pytest.fixture(scope="session")
+def lm_teacher_dir(tmp_path_factory, data_dir):
+    """A smoke-sized teacher LM (sft on packed docs), trained once per session."""
+    from jaxdistill import train
+
+    config = config_lib.load("lm_teacher_docs:smoke")
+    config.data.data_dir = data_dir
+    config.checkpoint.async_save = False
+    workdir = str(tmp_path_factory.mktemp("lm_teacher"))
+    train.train_and_evaluate(config, workdir, progress=False)
+    return workdir

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from scipy import stats
 
-from jaxdistill.generate import filter_logits, generate, sample_logits
+from jaxdistill.generate import filter_logits, generate, sample_logits, until_eos
 from jaxdistill.models.llama import Llama
 
 PROMPTS = np.array([[5, 6, 7, 0, 0, 0, 0],
@@ -72,6 +72,15 @@ def test_eos_ends_each_row_and_masks_the_rest(lm):
         np.testing.assert_array_equal(out.tokens[row, :end], free.tokens[row, :end])
         assert (np.asarray(out.tokens[row, end:]) == 31).all()
     assert not bool(out.mask[0, 3])
+
+
+def test_until_eos_ends_rows_at_any_of_several_ids():
+    tokens = jnp.array([[4, 9, 2, 4], [3, 3, 3, 3], [7, 5, 9, 1]])
+    np.testing.assert_array_equal(until_eos(tokens, (2, 7)), [[1, 1, 1, 0], [1, 1, 1, 1],
+                                                               [1, 0, 0, 0]])
+    np.testing.assert_array_equal(until_eos(tokens, 9), [[1, 1, 0, 0], [1, 1, 1, 1],
+                                                          [1, 1, 1, 0]])
+    assert bool(until_eos(tokens, ()).all()) and bool(until_eos(tokens, None).all())
 
 
 def test_sampled_logprobs_are_the_models_and_temperature_does_not_recompile(lm):

@@ -116,12 +116,11 @@ def _copy_with_config(source: str, target, **changes) -> str:
 
 
 @pytest.mark.parametrize("change, message", [
-    ({"rope_parameters": {"rope_type": "llama3", "rope_theta": 5e5, "factor": 8.0}},
-     "rope_parameters=.*llama3.*only rope_type 'default'"),
-    ({"rope_scaling": {"type": "linear", "factor": 2.0}}, "rope_scaling=.*linear"),
-    ({"attention_bias": True}, "attention_bias=True"),
+    ({"rope_parameters": {"rope_type": "dynamic", "rope_theta": 5e5, "factor": 8.0}},
+     "rope_type 'dynamic'.*supported: default, linear, llama3"),
+    ({"rope_scaling": {"type": "yarn", "factor": 2.0}}, "rope_type 'yarn'"),
+    ({"attention_bias": True}, r"lacks 8 tensors .*_proj.bias"),
     ({"hidden_act": "gelu"}, "hidden_act='gelu'"),
-    ({"sliding_window": 16}, "sliding_window=16"),
     ({"intermediate_size": 128}, r"down_proj.weight has shape \(64, 96\) but config.json"
                                  r" \(intermediate_size=128, hidden_size=64\) implies \(64, 128\)"),
     ({"num_key_value_heads": 4}, r"k_proj.weight .* \(num_key_value_heads=4, head_dim=16"),

@@ -1,5 +1,6 @@
 """LM distillation methods: each trains from the CLI, and their losses mean what they claim."""
 
+import dataclasses
 import json
 import os
 
@@ -13,17 +14,6 @@ from jaxdistill import config as config_lib
 from jaxdistill.errors import DistillError
 from jaxdistill.methods import adaspec, lm, taid
 from jaxdistill.run import build
-
-
-@pytest.fixture(scope="session")
-def lm_teacher_dir(tmp_path_factory, data_dir):
-    """A smoke-sized teacher LM (sft on packed docs), trained once per session."""
-    config = config_lib.load("lm_teacher_docs:smoke")
-    config.data.data_dir = data_dir
-    config.checkpoint.async_save = False
-    workdir = str(tmp_path_factory.mktemp("lm_teacher"))
-    train.train_and_evaluate(config, workdir, progress=False)
-    return workdir
 
 
 @pytest.fixture
@@ -252,3 +242,27 @@ def test_a_teacher_with_another_tokenizer_of_the_same_size_is_refused(student_co
     with pytest.raises(DistillError, match=r"the data's tokenizer \(bundled_sentences, bpe:\d+\)"
                                            r" is not the teacher's: token \d+ is"):
         build(config)
+
+
+@pytest.mark.parametrize("method, updates", [
+    ("logit_kd", {}), ("gkd", {"loss.student_data_fraction": 1.0})])  # gkd: on-policy samples
+def test_padded_embedding_rows_never_reach_a_loss_or_a_sample(student_config, method, updates):
+    """A student whose embedding has 64 rows past the shared tokenizer's tokens (the teacher has
+    none): whatever those rows hold, the loss is the same."""
+    config = student_config(method=method, **updates)
+    vocab = config.student.vocab_size
+    config.student.embedding_rows = vocab + 64
+    run = build(config)
+    batch = run.shard_batch(next(data.train_iterator(config.data, config.batch_size, config.seed)))
+
+    def loss_with_padding(value: float) -> float:
+        state = run.init()
+        params = jax.tree.map(lambda x: x, state.params)
+        params["params"]["embed"]["embedding"] = params["params"]["embed"]["embedding"].at[
+            vocab:].set(value)
+        return float(run.train_step(dataclasses.replace(state, params=params), batch)[1]["loss"])
+
+    assert loss_with_padding(0.0) == loss_with_padding(1e3)
+    logits = run.student.apply(run.init().params, batch["input_ids"] if "input_ids" in batch
+                               else batch["prompt"], train=False)
+    assert logits.shape[-1] == vocab

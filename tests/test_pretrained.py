@@ -8,6 +8,7 @@ padded batch; that script records the versions it used.
 
 import json
 import os
+import shutil
 
 import flax.linen as nn
 import jax
@@ -29,12 +30,10 @@ def minilm():
 
 
 def _encode(model, sentences):
-    tokenizer = model.tokenizer
-    tokenizer.no_truncation()
-    tokenizer.enable_padding(pad_id=0, pad_token="[PAD]")  # to the longest, as in the reference
-    encoded = tokenizer.encode_batch(sentences)
-    return (np.asarray([e.ids for e in encoded], np.int32),
-            np.asarray([e.attention_mask for e in encoded], np.int32))
+    # Padded to the longest, as in the reference; cut at the model's max_seq_length.
+    encoded = model.tokenizer(sentences, padding=True, truncation=True)
+    return (np.asarray(encoded["input_ids"], np.int32),
+            np.asarray(encoded["attention_mask"], np.int32))
 
 
 def test_minilm_sentence_embeddings_match_pytorch_reference(minilm):
@@ -56,7 +55,7 @@ def test_reads_sentence_transformers_pooling_and_config(minilm):
         "model": "bert", "vocab_size": 30522, "hidden_size": 384, "num_layers": 6,
         "num_heads": 12, "mlp_dim": 1536, "max_position": 512, "type_vocab_size": 2,
         "dropout": 0.1, "layer_norm_eps": 1e-12, "pooling": "mean", "normalize": True}
-    assert minilm.tokenizer.get_vocab_size() == 30522
+    assert len(minilm.tokenizer) == 30522
 
 
 def test_outputs_expose_every_layer(minilm):
@@ -99,11 +98,14 @@ def test_mismatched_config_is_a_clear_error(tmp_path, change, message):
         models.from_pretrained(_copy_checkpoint(tmp_path, **change))
 
 
-def test_missing_model_is_a_clear_error(tmp_path):
+def test_missing_model_is_a_clear_error(tmp_path, minilm):
     with pytest.raises(DistillError, match="no pretrained model at"):
         models.from_pretrained(str(tmp_path / "nope"))
-    with pytest.raises(DistillError, match="model.safetensors is missing"):
+    with pytest.raises(DistillError, match="config.json is missing"):
         models.from_pretrained(str(tmp_path))
+    shutil.copytree(minilm.path, tmp_path / "copy", ignore=shutil.ignore_patterns("*.safetensors"))
+    with pytest.raises(DistillError, match="model.safetensors is missing"):
+        models.from_pretrained(str(tmp_path / "copy"))
 
 
 def test_select_layers_keeps_embeddings_and_named_layers(minilm):
@@ -119,3 +121,15 @@ def test_select_layers_keeps_embeddings_and_named_layers(minilm):
     assert np.isfinite(np.asarray(out.embedding)).all()
     assert jax.tree.structure(kept) == jax.tree.structure(jax.eval_shape(
         lambda: nn.unbox(student.init(jax.random.key(0), ids, mask, train=False))["params"]))
+
+
+def test_long_inputs_are_cut_where_sentence_transformers_cuts_them(minilm):
+    sentence_transformers = pytest.importorskip("sentence_transformers")
+    long_text = " ".join(f"word{i % 37} of a long passage about distillation" for i in range(64))
+    sentences = [long_text, "A short sentence."]  # ~640 tokens
+    ids, mask = _encode(minilm, sentences)
+    assert mask.sum(1).max() == 256  # sentence_bert_config.json's max_seq_length
+    ours = np.asarray(minilm.module.apply({"params": minilm.params}, ids, mask, method="embed"))
+    theirs = sentence_transformers.SentenceTransformer(minilm.path, device="cpu").encode(
+        sentences)
+    np.testing.assert_allclose(ours, theirs, atol=2e-5)

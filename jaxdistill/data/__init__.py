@@ -20,8 +20,9 @@ from jaxdistill.data.batches import EpochShuffle, eval_batches, reader, train_it
 from jaxdistill.data.info import DatasetSpec, num_examples, spec, steps_per_epoch
 from jaxdistill.data.sources import BUNDLED, builder, generative, source
 from jaxdistill.data.text import FORMATS as TEXT_FORMATS
-from jaxdistill.data.text import text_format, tokenizer
+from jaxdistill.data.text import special_ids, text_format, tokenizer, transformers_tokenizer
 
 __all__ = ["BUNDLED", "TEXT_FORMATS", "DatasetSpec", "EpochShuffle", "builder", "eval_batches",
-           "generative", "num_examples", "reader", "source", "spec", "steps_per_epoch",
-           "text_format", "tokenizer", "train_iterator"]
+           "generative", "num_examples", "reader", "source", "special_ids", "spec",
+           "steps_per_epoch", "text_format", "tokenizer", "train_iterator",
+           "transformers_tokenizer"]

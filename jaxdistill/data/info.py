@@ -20,8 +20,8 @@ class DatasetSpec:
     inputs: dict[str, tuple[tuple[int, ...], Any]]  # model input name -> (example shape, dtype)
     split_sizes: dict[str, int]                 # examples per split (for "lm": rows)
     num_classes: int | None = None
-    vocab_size: int | None = None
-    special_ids: text_tokenizers.SpecialIds | None = None  # "lm": <pad>, <bos>, <eos> ids
+    vocab_size: int | None = None               # text: the ids the tokenizer gives (highest + 1)
+    special_ids: text_tokenizers.SpecialIds | None = None  # "lm": pad, bos, eos and every eos id
     format: str | None = None                   # text datasets: one of text.FORMATS
 
     def example_inputs(self) -> tuple[np.ndarray, ...]:
@@ -40,14 +40,14 @@ def spec(data_config: ml_collections.ConfigDict) -> DatasetSpec:
         return DatasetSpec(
             task="sentences", split_sizes=split_sizes, format=text_format,
             inputs={"input_ids": ((length,), np.int32), "attention_mask": ((length,), np.int32)},
-            vocab_size=text.tokenizer(data_config, length).get_vocab_size())
+            vocab_size=text_tokenizers.size(text.transformers_tokenizer(data_config)))
     if text_format in lm_formats.FORMATS:
         return DatasetSpec(
             task="lm", split_sizes=split_sizes, format=text_format,
             inputs={"input_ids": ((lm_formats.input_length(text_format, data_config),),
                                   np.int32)},
-            vocab_size=text.tokenizer(data_config).get_vocab_size(),
-            special_ids=text_tokenizers.special_ids(text.tokenizer(data_config)))
+            vocab_size=text_tokenizers.size(text.transformers_tokenizer(data_config)),
+            special_ids=text.special_ids(data_config))
     return DatasetSpec(
         task="classification", split_sizes=split_sizes,
         inputs={"image": (tuple(info.features["image"].shape), np.float32)},

@@ -1,6 +1,10 @@
 """Language-model rows from tokenized documents, computed once per split for random access.
 
-A document's body is its tokens then <eos>; <bos> starts every sequence a model sees.
+A document's body is its tokens then <eos>; <bos> starts every sequence a model sees (`SpecialIds`
+says which ids those are). Bodies hold no token a tokenizer's post-processor would add: the rows
+add <bos> themselves, so a tokenizer that adds one (Llama 3's <|begin_of_text|>) does not give two,
+nor make <bos> a target. Padding holds `SpecialIds.pad`, whatever id that is: the masks and
+segment ids mark it, so a tokenizer needs no pad token of its own.
 
 `packed` (rows of L = `max_length`): bodies are cut into pieces of at most L tokens and the pieces
 packed first-fit decreasing into rows. A piece's `targets` are its tokens and its `input_ids` are
@@ -13,7 +17,7 @@ every piece position, each of which has a real next token; 0 on padding).
 `prompts` (P = `prompt_length`, C = `continuation_length`): windows of P − 1 + C body tokens tile
 each body from its start, the last aligned to the body's end (overlapping the one before) so no
 window is cut short; a body shorter than a window gives one window, split about in half. Fields:
-`prompt` [P] (<bos> then the window's first P − 1 tokens, left-padded with <pad>),
+`prompt` [P] (<bos> then the window's first P − 1 tokens, left-padded),
 `prompt_mask` [P], `continuation` [C] (the rest, right-padded), `continuation_mask` [C].
 
 Grain's packers are streaming iterator transforms; materialising a split through one costs about
@@ -45,8 +49,9 @@ def input_length(row_format: str, data_config: ml_collections.ConfigDict) -> int
 
 
 def bodies(tokenizer: Tokenizer, texts: Iterable[str], eos: int) -> list[np.ndarray]:
+    """Each text's tokens, without the tokenizer's special tokens, then `eos`."""
     return [np.asarray([*encoding.ids, eos], np.int32)
-            for encoding in tokenizer.encode_batch(list(texts))]
+            for encoding in tokenizer.encode_batch(list(texts), add_special_tokens=False)]
 
 
 def _first_fit(lengths: list[int], capacity: int) -> tuple[np.ndarray, np.ndarray]:
@@ -63,17 +68,18 @@ def _first_fit(lengths: list[int], capacity: int) -> tuple[np.ndarray, np.ndarra
     return rows, starts
 
 
-def packed(bodies: list[np.ndarray], length: int, bos: int) -> dict[str, np.ndarray]:
+def packed(bodies: list[np.ndarray], length: int, ids: SpecialIds) -> dict[str, np.ndarray]:
     pieces = sorted((body[start:start + length] for body in bodies
                      for start in range(0, len(body), length)), key=len, reverse=True)
     rows, starts = _first_fit([len(piece) for piece in pieces], length)
     shape = (int(rows.max()) + 1, length)
-    fields = {name: np.zeros(shape, np.int32)
-              for name in ("input_ids", "targets", "segment_ids", "positions")}
+    fields = {"input_ids": np.full(shape, ids.pad, np.int32),
+              "targets": np.full(shape, ids.pad, np.int32),
+              "segment_ids": np.zeros(shape, np.int32), "positions": np.zeros(shape, np.int32)}
     for piece, row, start in zip(pieces, rows, starts):
         span = slice(start, start + len(piece))
         fields["targets"][row, span] = piece
-        fields["input_ids"][row, span] = np.concatenate([[bos], piece[:-1]])
+        fields["input_ids"][row, span] = np.concatenate([[ids.bos], piece[:-1]])
         # Pieces fill a row left to right, so the one before this ends at start - 1.
         fields["segment_ids"][row, span] = fields["segment_ids"][row, start - 1] + 1 if start else 1
         fields["positions"][row, span] = np.arange(len(piece))
@@ -115,4 +121,4 @@ def rows(row_format: str, data_config: ml_collections.ConfigDict, bodies: list[n
     """The split's rows in `row_format` (one of FORMATS), as arrays with one row per example."""
     if row_format == "prompts":
         return prompts(bodies, *prompt_lengths(data_config), ids)
-    return packed(bodies, data_config.max_length, ids.bos)
+    return packed(bodies, data_config.max_length, ids)

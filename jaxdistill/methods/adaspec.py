@@ -22,7 +22,6 @@ import jax.numpy as jnp
 from jaxdistill import losses
 from jaxdistill.errors import DistillError
 from jaxdistill.methods import Context, lm, merge_settings, register
-from jaxdistill.models import llama
 
 
 def largest(scores: jax.Array, mask: jax.Array, fraction: float) -> jax.Array:
@@ -48,8 +47,8 @@ def make_loss(ctx: Context):
         del step
         sequence = lm.real_text(batch)
         hidden = divergence.hidden_and_heads(params, teacher_params, sequence, rng)
-        student_logits = llama.logits_from_hidden(hidden[0], hidden[1])
-        teacher_logits = llama.logits_from_hidden(hidden[2], hidden[3])
+        student_logits = lm.logits_from(divergence.student, hidden[0], hidden[1])
+        teacher_logits = lm.logits_from(divergence.teacher, hidden[2], hidden[3])
         gap = jax.lax.stop_gradient(losses.token_nll(student_logits, sequence.targets)
                                     - losses.token_nll(teacher_logits, sequence.targets))
         selected = largest(gap, sequence.loss_mask, fraction)

@@ -73,7 +73,12 @@ def hidden_states(model: nn.Module, params, sequence: Sequence, *, train: bool,
 def logits(model: nn.Module, params, sequence: Sequence, *, train: bool,
            rng: Array | None = None) -> Float[Array, "batch length vocab"]:
     hidden = hidden_states(model, params, sequence, train=train, rng=rng)
-    return llama.logits_from_hidden(hidden, llama.head_matrix(params))
+    return logits_from(model, hidden, model.output_head(params))
+
+
+def logits_from(model: nn.Module, hidden: Array, head: Array) -> Float[Array, "... vocab"]:
+    """The model's logits from its hidden states and output head (its soft-cap applied)."""
+    return llama.logits_from_hidden(hidden, head, model.final_softcap)
 
 
 def sequence_nll(logits: Array, sequence: Sequence) -> Float[Array, ""]:
@@ -109,21 +114,25 @@ class TokenDivergence:
         self.top_k = loss_config.teacher_top_k
         self.tail = loss_config.tail
         self.student, self.teacher = student, teacher
+        capped = [m for m in (student, teacher) if m is not None and m.final_softcap]
+        if self.fused and capped:
+            raise DistillError("config.loss.fused cannot apply the logit soft-capping of a"
+                               " Gemma-style model (final_softcap); set config.loss.fused=False")
 
     def hidden_and_heads(self, params, teacher_params, sequence: Sequence, rng: Array):
         """(student hidden, student head, teacher hidden, teacher head), the teacher's frozen."""
         student_hidden = hidden_states(self.student, params, sequence, train=True, rng=rng)
         teacher_hidden = hidden_states(self.teacher, teacher_params, sequence, train=False)
-        return (student_hidden, llama.head_matrix(params),
+        return (student_hidden, self.student.output_head(params),
                 jax.lax.stop_gradient(teacher_hidden),
-                jax.lax.stop_gradient(llama.head_matrix(teacher_params)))
+                jax.lax.stop_gradient(self.teacher.output_head(teacher_params)))
 
     def from_hidden(self, student_hidden, student_head, teacher_hidden, teacher_head,
                     mask: Array) -> Array:
         """τ² × the mean divergence over the tokens `mask` counts, from hidden states and heads."""
         if not self.fused:
-            return self.from_logits(llama.logits_from_hidden(student_hidden, student_head),
-                                    llama.logits_from_hidden(teacher_hidden, teacher_head), mask)
+            return self.from_logits(logits_from(self.student, student_hidden, student_head),
+                                    logits_from(self.teacher, teacher_hidden, teacher_head), mask)
         return self.scale * fused_linear_divergence(
             student_hidden.reshape(-1, student_hidden.shape[-1]), student_head,
             teacher_hidden.reshape(-1, teacher_hidden.shape[-1]), teacher_head, self.divergence,
@@ -152,7 +161,8 @@ class TokenDivergence:
 
 
 def sample_continuations(model: nn.Module, params, batch: dict, rng: Array,
-                         sampling: ml_collections.ConfigDict, eos_id: int | None
+                         sampling: ml_collections.ConfigDict,
+                         eos_id: int | tuple[int, ...] | None
                          ) -> generate_lib.GenerateOutput:
     """`continuation_length` tokens sampled after each prompt, outside the gradient."""
     params = jax.lax.stop_gradient(params)
@@ -163,9 +173,10 @@ def sample_continuations(model: nn.Module, params, batch: dict, rng: Array,
         eos_id=eos_id)
 
 
-def eos_id(ctx: Context) -> int:
-    """The end-of-sequence id that ends sampled continuations; the data must be prompts."""
+def eos_id(ctx: Context) -> tuple[int, ...]:
+    """The ids that end sampled continuations (every eos id of the tokenizer, e.g. Llama 3
+    Instruct's <|eot_id|> and <|end_of_text|>); the data must be prompts."""
     if ctx.dataset.format != "prompts":
         raise DistillError(f"method {ctx.config.method!r} samples continuations of prompts: set"
                            " config.data.format='prompts' on a language-model dataset")
-    return ctx.dataset.special_ids.eos
+    return ctx.dataset.special_ids.eos_ids

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 from jaxdistill.errors import DistillError
 from jaxdistill.methods import Context, lm, register
-from jaxdistill.models import llama
 
 
 @register("logit_kd", tasks=("lm",), settings=lm.SETTINGS)
@@ -28,9 +27,9 @@ def make_loss(ctx: Context):
         if not ce_weight:
             distill = divergence.from_hidden(*hidden, sequence.loss_mask)
             return distill, {"distill/divergence": distill}
-        logits = llama.logits_from_hidden(hidden[0], hidden[1])
+        logits = lm.logits_from(divergence.student, hidden[0], hidden[1])
         distill = divergence.from_logits(
-            logits, llama.logits_from_hidden(hidden[2], hidden[3]), sequence.loss_mask)
+            logits, lm.logits_from(divergence.teacher, hidden[2], hidden[3]), sequence.loss_mask)
         nll = lm.sequence_nll(logits, sequence)
         return distill + ce_weight * nll, {"distill/divergence": distill, "distill/nll": nll}
 

@@ -34,7 +34,7 @@ def decode_statistics(config, target, draft, temperature: float) -> dict[str, fl
     """Acceptance rate and block efficiency of `draft` for `target` (`loading.Loaded` models)
     over the test prompts."""
     settings = config.speculative
-    eos_id = data.spec(config.data).special_ids.eos
+    eos_id = data.spec(config.data).special_ids.eos_ids
     counts = np.zeros(4)  # accepted, rejected, target calls, tokens emitted
     batches = data.eval_batches(config.data, "test", settings.batch_size)
     for index, batch in zip(range(-(-settings.num_prompts // settings.batch_size)), batches):
