@@ -1,5 +1,6 @@
 """Every test sees 8 simulated CPU devices; the digits dataset and a smoke teacher are shared."""
 
+import json
 import os
 
 os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "")
@@ -53,3 +54,19 @@ def lm_teacher_dir(tmp_path_factory, data_dir):
     workdir = str(tmp_path_factory.mktemp("lm_teacher"))
     train.train_and_evaluate(config, workdir, progress=False)
     return workdir
+
+
+@pytest.fixture
+def hf_with_config(tmp_path):
+    """hf_with_config(source, **changes): a Hugging Face directory with `source`'s weights (linked)
+    and its config.json changed, to test what the importer makes of a disagreeing config."""
+    def copy(source: str, **changes) -> str:
+        target = tmp_path / "model"
+        target.mkdir()
+        os.symlink(os.path.join(source, "model.safetensors"), target / "model.safetensors")
+        with open(os.path.join(source, "config.json")) as f:
+            config = json.load(f)
+        (target / "config.json").write_text(json.dumps({**config, **changes}))
+        return str(target)
+
+    return copy

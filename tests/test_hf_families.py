@@ -265,16 +265,6 @@ def test_old_style_configs_read_as_transformers_5_ones():
                                   "layer_types": None})["sliding_window"] is None
 
 
-def _copy_with_config(source: str, target, **changes) -> str:
-    target.mkdir()
-    os.symlink(os.path.join(source, "model.safetensors"), target / "model.safetensors")
-    with open(os.path.join(source, "config.json")) as f:
-        config = json.load(f)
-    config.update(changes)
-    (target / "config.json").write_text(json.dumps(config))
-    return str(target)
-
-
 @pytest.mark.parametrize("change, message", [
     ({"model_type": "phi3"}, "model_type 'phi3'.*supported: bert, llama, mistral, qwen2, qwen3,"
                              " gemma2, gemma3_text"),
@@ -285,15 +275,14 @@ def _copy_with_config(source: str, target, **changes) -> str:
     ({"mlp_bias": True}, "mlp_bias=True"),
     ({"attention_bias": False}, r"does not account for 8 tensors .*_proj.bias"),
 ])
-def test_unsupported_configs_are_clear_errors(saved, tmp_path, change, message):
+def test_unsupported_configs_are_clear_errors(saved, hf_with_config, change, message):
     with pytest.raises(DistillError, match=message):
-        models.from_pretrained(_copy_with_config(saved["llama_linear_bias"][1],
-                                                 tmp_path / "model", **change))
+        models.from_pretrained(hf_with_config(saved["llama_linear_bias"][1], **change))
 
 
 @pytest.mark.parametrize("family", FAMILIES)
-def test_shape_disagreeing_with_config_names_tensor_and_shapes(saved, tmp_path, family):
-    path = _copy_with_config(saved[family][1], tmp_path / "model", intermediate_size=96)
+def test_shape_disagreeing_with_config_names_tensor_and_shapes(saved, hf_with_config, family):
+    path = hf_with_config(saved[family][1], intermediate_size=96)
     with pytest.raises(DistillError, match=r"(gate|up|down)_proj.weight has shape \((128, 64|64,"
                                            r" 128)\) but config.json \(intermediate_size=96,"
                                            r" hidden_size=64\) implies \((96, 64|64, 96)\)"):

@@ -1,7 +1,6 @@
 """The Llama LM against transformers' LlamaForCausalLM, its KV cache, packing and sharding."""
 
 import functools
-import json
 import os
 
 import flax.linen as nn
@@ -105,16 +104,6 @@ def test_pretrained_config_builds_the_same_model(hf_tied):
         _apply(loaded.module, {"params": loaded.params}, ids, train=False))
 
 
-def _copy_with_config(source: str, target, **changes) -> str:
-    target.mkdir()
-    os.symlink(os.path.join(source, "model.safetensors"), target / "model.safetensors")
-    with open(os.path.join(source, "config.json")) as f:
-        config = json.load(f)
-    config.update(changes)
-    (target / "config.json").write_text(json.dumps(config))
-    return str(target)
-
-
 @pytest.mark.parametrize("change, message", [
     ({"rope_parameters": {"rope_type": "dynamic", "rope_theta": 5e5, "factor": 8.0}},
      "rope_type 'dynamic'.*supported: default, linear, llama3"),
@@ -128,9 +117,9 @@ def _copy_with_config(source: str, target, **changes) -> str:
     ({"num_hidden_layers": 1}, r"does not account for 9 tensors .* num_hidden_layers \(1\)"),
     ({"tie_word_embeddings": False}, r"lacks 1 tensors .*lm_head.weight"),
 ])
-def test_mismatched_config_is_a_clear_error(tmp_path, hf_tied, change, message):
+def test_mismatched_config_is_a_clear_error(hf_with_config, hf_tied, change, message):
     with pytest.raises(DistillError, match=message):
-        models.from_pretrained(_copy_with_config(hf_tied, tmp_path / "model", **change))
+        models.from_pretrained(hf_with_config(hf_tied, **change))
 
 
 def test_bad_shapes_in_config_are_clear_errors():
