@@ -1,6 +1,7 @@
 """`flash_attention` (chunked XLA path and Pallas kernels in interpret mode) against the naive
-float64 reference: values, `jax.grad` in q, k, v, `jax.jvp` tangents, causal or not; vmap, jit,
-bf16, checkpoint; the compiled JVP's memory; and the argument checks."""
+float64 reference: values, `jax.grad` in q, k, v, `jax.jvp` tangents, causal or not, with
+packed segment ids and a sliding window; vmap, jit, bf16, checkpoint; the compiled JVP's memory;
+and the argument checks."""
 
 import functools
 
@@ -11,9 +12,16 @@ import pytest
 
 from jaxdistill.errors import DistillError
 from jaxdistill.kernels.flash_attention import attention_reference, flash_attention
+from jaxdistill.models.llama import causal_segment_mask, sliding_window_mask
 
 SHAPE = (2, 64, 2, 16)  # B, S, H, D
 BLOCKS = {"block_q": 16, "block_k": 32}
+# Packed rows: segments cross block boundaries, trailing padding (0); row 1's last query block
+# is all padding. A window of 10 hides whole blocks and, in the first block a query block
+# reads, every key from some of its rows.
+SEGMENTS = np.array([[1] * 20 + [2] * 30 + [3] * 6 + [0] * 8,
+                     [5] * 9 + [7] * 39 + [0] * 16], np.int32)
+WINDOW = 10
 
 
 def _normal(seed: int, shape=SHAPE, count: int = 7):
@@ -34,10 +42,10 @@ def _everything(attention, q, k, v, q_dot, k_dot, v_dot, cotangent):
     return value, tangent, grads
 
 
-def _reference64(arrays, causal: bool):
+def _reference64(arrays, causal: bool, **masks):
     with jax.enable_x64(True):
         arrays = [jnp.asarray(x, jnp.float64) for x in arrays]
-        reference = functools.partial(attention_reference, causal=causal)
+        reference = functools.partial(attention_reference, causal=causal, **masks)
         value, tangent, grads = _everything(reference, *arrays)
         return [np.asarray(x) for x in (value, tangent, *grads)]
 
@@ -55,6 +63,61 @@ def test_value_jvp_and_grads_match_float64_reference(implementation, causal):
     arrays = _normal(2 * causal + (implementation == "xla"))
     want = _reference64(arrays, causal)
     got = _flash(arrays, causal=causal, implementation=implementation, **BLOCKS)
+    for name, g, w in zip(("value", "jvp", "dq", "dk", "dv"), got, want):
+        assert _relative_error(g, w) < 1e-5, name
+
+
+@pytest.mark.parametrize("causal, masks", [
+    (True, {"segment_ids": SEGMENTS}),
+    (True, {"window": WINDOW}),
+    (False, {"segment_ids": SEGMENTS}),  # bidirectional within a segment
+], ids=["segments", "window", "segments-bidirectional"])
+@pytest.mark.parametrize("implementation", ["xla", "pallas_interpret"])
+def test_masks_match_float64_reference(implementation, causal, masks):
+    """Padding queries output exactly 0, and nothing (value, tangent, grads) is NaN or ∞."""
+    arrays = _normal(9 + 2 * causal + ("window" in masks))
+    want = _reference64(arrays, causal, **masks)
+    got = _flash(arrays, causal=causal, implementation=implementation, **masks, **BLOCKS)
+    for name, g, w in zip(("value", "jvp", "dq", "dk", "dv"), got, want):
+        assert np.all(np.isfinite(g)), name
+        assert _relative_error(g, w) < 1e-5, name
+    if "segment_ids" in masks:
+        assert np.all(got[0][SEGMENTS == 0] == 0) and np.all(got[1][SEGMENTS == 0] == 0)
+
+
+def test_reference_masks_are_the_llama_masks():
+    """attention_reference's segment and window masks are `causal_segment_mask` and
+    `sliding_window_mask` of the Llama model, on the queries that are not padding."""
+    q, k, v = (jnp.asarray(x, jnp.float32) for x in _normal(12, count=3))
+    slots = jnp.arange(SHAPE[1])
+    mask = causal_segment_mask(jnp.asarray(SEGMENTS), jnp.asarray(SEGMENTS), slots) \
+        & sliding_window_mask(slots, SHAPE[1], WINDOW)
+    scores = jnp.einsum("bqhd,bkhd->bhqk", q, k) / np.sqrt(SHAPE[3])
+    probs = jax.nn.softmax(jnp.where(mask[:, None], scores, -jnp.inf), axis=-1)
+    want = jnp.einsum("bhqk,bkhd->bqhd", probs, v)
+    got = attention_reference(q, k, v, causal=True, segment_ids=SEGMENTS, window=WINDOW)
+    real = SEGMENTS != 0
+    np.testing.assert_allclose(got[real], want[real], rtol=1e-6, atol=1e-6)
+
+
+def test_segments_and_window_under_vmap_linearize_and_checkpoint():
+    """Segment ids as a mapped operand of vmap (one row per mapped index), jax.linearize's
+    linear map, and grad through jax.checkpoint, segments and window together."""
+    arrays = _normal(13)
+    want = _reference64(arrays, True, segment_ids=SEGMENTS, window=WINDOW)
+    attention = functools.partial(flash_attention, causal=True, window=WINDOW,
+                                  implementation="xla", **BLOCKS)
+
+    def one(q, k, v, q_dot, k_dot, v_dot, cotangent, segments):
+        def attend(q, k, v):
+            return attention(q[None], k[None], v[None], segment_ids=segments[None])[0]
+
+        value, linear = jax.linearize(attend, q, k, v)
+        grads = jax.grad(lambda *qkv: jnp.sum(jax.checkpoint(attend)(*qkv) * cotangent),
+                         argnums=(0, 1, 2))(q, k, v)
+        return value, linear(q_dot, k_dot, v_dot), *grads
+
+    got = jax.jit(jax.vmap(one))(*(jnp.asarray(x, jnp.float32) for x in arrays), SEGMENTS)
     for name, g, w in zip(("value", "jvp", "dq", "dk", "dv"), got, want):
         assert _relative_error(g, w) < 1e-5, name
 
@@ -149,6 +212,11 @@ def test_compiled_jvp_and_grad_memory_is_linear_in_sequence():
     (((2, 64, 2, 24),) * 3, {"implementation": "pallas_interpret"}, "head_dim=24"),
     ((SHAPE,) * 3, {"implementation": "triton"}, "unknown implementation"),
     ((SHAPE,) * 3, {"implementation": "pallas"}, "pallas_interpret"),
+    ((SHAPE,) * 3, {"window": 8}, "needs causal=True"),
+    ((SHAPE,) * 3, {"causal": True, "window": 0}, "positive int"),
+    ((SHAPE,) * 3, {"segment_ids": SEGMENTS[:, :32]}, "segment_ids must be integers"),
+    ((SHAPE,) * 3, {"segment_ids": SEGMENTS.astype(np.float32)}, "segment_ids must be integers"),
+    (((2, 32, 2, 16), SHAPE, SHAPE), {"segment_ids": SEGMENTS[:, :32]}, "as many keys"),
 ])
 def test_bad_arguments_are_refused_before_compiling(shapes, kwargs, message):
     arrays = [jnp.zeros(s, jnp.float32) for s in shapes]
