@@ -28,6 +28,9 @@ def base() -> ml_collections.ConfigDict:
     c.seed = 0
     c.total_steps = 1000
     c.batch_size = 128
+    # Gradient accumulation: one optimizer step over batch_size examples, computed in this many
+    # slices of batch_size / micro_batches (the activations of one slice live at a time).
+    c.micro_batches = 1
     c.log_every = 50
     c.eval_every = 500
     c.eval_batch_size = 512
@@ -151,8 +154,8 @@ def scale_of(arg: str | None) -> str:
 
 # Run settings that count or space out steps and examples: zero or less stalls, divides by zero
 # or (checkpoint.keep) silently keeps no checkpoint.
-_POSITIVE = ("total_steps", "batch_size", "eval_batch_size", "log_every", "eval_every",
-             "checkpoint.every_steps", "checkpoint.keep")
+_POSITIVE = ("total_steps", "batch_size", "micro_batches", "eval_batch_size", "log_every",
+             "eval_every", "checkpoint.every_steps", "checkpoint.keep")
 
 
 def validate(config: ml_collections.ConfigDict) -> None:

@@ -22,18 +22,23 @@ def bytes_per_device(tree) -> int:
 
 
 def activation_bytes(loss_fn, abstract_state, teacher_params, batch: dict, mesh) -> int:
-    """Bytes per device of the residuals of `loss_fn`'s VJP that carry the batch axis."""
-    def residuals(params, teacher_params, batch, method_state):
+    """Bytes per device of the residuals of `loss_fn`'s VJP that carry the batch axis: those
+    that grow with the batch, found by tracing the VJP at the batch and at twice its size."""
+    def vjp(params, teacher_params, batch, method_state):
         def loss(p):
             return loss_fn(p, teacher_params, batch, jax.random.key(0), 0, method_state)[0]
         return jax.vjp(loss, params)[1]
 
-    leaves = jax.tree.leaves(jax.eval_shape(residuals, abstract_state.params, teacher_params,
-                                            batch, abstract_state.method_state))
-    global_batch = len(jax.tree.leaves(batch)[0])
+    def residuals(batch):
+        return jax.tree.leaves(jax.eval_shape(vjp, abstract_state.params, teacher_params, batch,
+                                              abstract_state.method_state))
+
+    doubled = jax.tree.map(
+        lambda x: jax.ShapeDtypeStruct((2 * x.shape[0], *x.shape[1:]), x.dtype), batch)
     shards = mesh.shape["data"] * mesh.shape["fsdp"]
     return sum(math.prod(x.shape) * x.dtype.itemsize // shards
-               for x in leaves if x.ndim and x.shape[0] == global_batch)
+               for x, twice in zip(residuals(batch), residuals(doubled))
+               if math.prod(twice.shape) == 2 * math.prod(x.shape) > 0)
 
 
 def format_bytes(size: int) -> str:

@@ -82,7 +82,8 @@ class Run:
     def memory_report(self, batch: dict | None = None) -> dict[str, int]:
         """Bytes per device of each component, the teacher accounted separately from the
         student; given a (global) train `batch`, also the step's gradients and the activations
-        its backward pass keeps (see `jaxdistill.memory`)."""
+        its backward pass keeps for one micro-batch (see `jaxdistill.memory`), plus the
+        accumulated gradients when there are several."""
         abstract = self.abstract_state()
         report = {
             "student_params": memory.bytes_per_device(abstract.params),
@@ -93,9 +94,14 @@ class Run:
             "teacher_params": memory.bytes_per_device(self.teacher_params),
         }
         if batch is not None:
+            micro_batches = self.config.micro_batches
             report["gradients"] = report["student_params"]
+            if micro_batches > 1:
+                report["accumulated_gradients"] = report["student_params"]
+            micro_batch = jax.tree.map(lambda x: jax.ShapeDtypeStruct(
+                (x.shape[0] // micro_batches, *x.shape[1:]), x.dtype), batch)
             report["activations"] = memory.activation_bytes(
-                self.loss.loss_fn, abstract, self.teacher_params, batch, self.mesh)
+                self.loss.loss_fn, abstract, self.teacher_params, micro_batch, self.mesh)
         return report
 
     def compiled_memory(self, state, batch) -> dict[str, int]:
@@ -117,6 +123,10 @@ def _check_batch_sizes(config, mesh) -> None:
         if config[key] % shards:
             raise DistillError(f"config.{key}={config[key]} must be divisible by the {shards}"
                                " batch shards (mesh data × fsdp)")
+    if config.batch_size % (config.micro_batches * shards):
+        raise DistillError(f"config.batch_size={config.batch_size} must be divisible by"
+                           f" config.micro_batches={config.micro_batches} × the {shards} batch"
+                           " shards (mesh data × fsdp), so that every micro-batch spans them")
 
 
 def _check_splits(config, dataset: data.DatasetSpec) -> None:
@@ -291,7 +301,8 @@ def build(config: ml_collections.ConfigDict, *,
     replicated = sharding.replicated(mesh)
 
     train_step = jax.jit(
-        step_lib.make_train_step(loss, optimizer, lr_schedule, config.ema_decay),
+        step_lib.make_train_step(loss, optimizer, lr_schedule, config.ema_decay,
+                                 config.micro_batches),
         in_shardings=(state_shardings, teacher_shardings, batch_sharding),
         out_shardings=(state_shardings, replicated),
         donate_argnums=0,

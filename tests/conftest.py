@@ -10,6 +10,7 @@ os.environ.setdefault("JAX_PLATFORMS", "cpu")
 import pytest  # noqa: E402
 
 from jaxdistill import config as config_lib  # noqa: E402
+from jaxdistill import methods  # noqa: E402
 
 
 @pytest.fixture(scope="session")
@@ -54,6 +55,21 @@ def lm_teacher_dir(tmp_path_factory, data_dir):
     workdir = str(tmp_path_factory.mktemp("lm_teacher"))
     train.train_and_evaluate(config, workdir, progress=False)
     return workdir
+
+
+@pytest.fixture
+def student_config(data_dir, lm_teacher_dir):
+    """student_config(method=..., **dotted overrides): gkd_docs:smoke distilling the smoke LM."""
+    def load(**updates):
+        config = config_lib.load("gkd_docs:smoke")
+        config.data.data_dir = data_dir
+        config.teacher.checkpoint = lm_teacher_dir
+        config.checkpoint.async_save = False
+        config.method = updates.pop("method", config.method)
+        methods.with_settings(config)  # the settings of the method chosen here
+        config.update_from_flattened_dict(updates)
+        return config
+    return load
 
 
 @pytest.fixture

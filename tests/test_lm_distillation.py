@@ -10,25 +10,9 @@ import numpy as np
 import pytest
 
 from jaxdistill import cache_teacher, cli, data, generate, methods, train
-from jaxdistill import config as config_lib
 from jaxdistill.errors import DistillError
 from jaxdistill.methods import adaspec, lm, taid
 from jaxdistill.run import build
-
-
-@pytest.fixture
-def student_config(data_dir, lm_teacher_dir):
-    def load(**updates):
-        config = config_lib.load("gkd_docs:smoke")
-        config.data.data_dir = data_dir
-        config.teacher.checkpoint = lm_teacher_dir
-        config.checkpoint.async_save = False
-        config.method = updates.pop("method", config.method)
-        methods.with_settings(config)  # the settings of the method chosen here
-        config.update_from_flattened_dict(updates)
-        return config
-    return load
-
 
 CLI_ROWS = [
     ("sft", []),

@@ -31,6 +31,7 @@ def _error_line(capsys, *overrides, data_dir, tmp_path):
 @pytest.mark.parametrize("override, expected", [
     ("--config.batch_size=0", "config.batch_size=0 must be a positive integer"),
     ("--config.eval_batch_size=-8", "config.eval_batch_size=-8 must be a positive integer"),
+    ("--config.micro_batches=0", "config.micro_batches=0 must be a positive integer"),
     ("--config.total_steps=0", "config.total_steps=0 must be a positive integer"),
     ("--config.log_every=0", "config.log_every=0 must be a positive integer"),
     ("--config.eval_every=0", "config.eval_every=0 must be a positive integer"),

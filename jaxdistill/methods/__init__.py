@@ -12,6 +12,10 @@ network, the previous epoch's params) returns a `StatefulLoss` instead. The fact
 anything compiles, so it is where a method checks its settings, its dataset and its teacher
 (`ctx.teacher_config`), raising `DistillError` with the fix.
 
+A loss that is a mean over counted items (an LM's tokens) reports their number as
+`metrics[LOSS_WEIGHT]`, so that a step accumulated over micro-batches (`config.micro_batches`)
+normalises by the count over all of them, exactly as one large batch would.
+
 `register` declares what the method needs: a separate `teacher` model ("model"), the student's own
 earlier params ("self", kept in the method's state) or none; the dataset `tasks` it trains on; and
 its `settings`, config sections with defaults that `with_settings` adds to a config naming the
@@ -42,6 +46,7 @@ from jaxdistill.data import DatasetSpec
 from jaxdistill.errors import DistillError
 
 LossFn = Callable[[Any, Any, dict, Any, Any], tuple[Any, dict]]
+LOSS_WEIGHT = "loss_weight"
 TEACHERS = ("model", "self", "none")
 
 

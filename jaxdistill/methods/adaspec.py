@@ -54,6 +54,6 @@ def make_loss(ctx: Context):
         selected = largest(gap, sequence.loss_mask, fraction)
         value = divergence.from_logits(student_logits, teacher_logits, selected)
         kept_gap = jnp.sum(gap * selected) / jnp.maximum(jnp.sum(selected), 1.0)
-        return value, {"distill/selected_gap": kept_gap}
+        return value, {"distill/selected_gap": kept_gap, **lm.counted(selected)}
 
     return loss_fn

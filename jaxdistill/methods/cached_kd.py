@@ -48,6 +48,7 @@ def make_loss(ctx: Context):
         distill = divergence.from_top_k(logits, batch["teacher_top_log_probs"],
                                         batch["teacher_top_indices"], sequence.loss_mask)
         nll = lm.sequence_nll(logits, sequence)
-        return distill + ce_weight * nll, {"distill/divergence": distill, "distill/nll": nll}
+        return distill + ce_weight * nll, {"distill/divergence": distill, "distill/nll": nll,
+                                           **lm.counted(sequence.loss_mask)}
 
     return loss_fn

@@ -52,6 +52,6 @@ def make_loss(ctx: Context):
         (tokens, mask), on_policy = continuations(params, batch, sample_rng)
         sequence = lm.with_continuation(batch, tokens, mask)
         value = divergence(params, teacher_params, sequence, rng=dropout_rng)
-        return value, {"distill/on_policy": on_policy}
+        return value, {"distill/on_policy": on_policy, **lm.counted(sequence.loss_mask)}
 
     return loss_fn

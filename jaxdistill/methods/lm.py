@@ -21,7 +21,7 @@ from jaxdistill import generate as generate_lib
 from jaxdistill import losses
 from jaxdistill.errors import DistillError
 from jaxdistill.kernels import fused_linear_divergence
-from jaxdistill.methods import Context
+from jaxdistill.methods import LOSS_WEIGHT, Context
 from jaxdistill.models import llama
 
 # The settings every LM method shares. loss: the token divergence (fkl, rkl, jsd, tvd, skl,
@@ -79,6 +79,11 @@ def logits(model: nn.Module, params, sequence: Sequence, *, train: bool,
 def logits_from(model: nn.Module, hidden: Array, head: Array) -> Float[Array, "... vocab"]:
     """The model's logits from its hidden states and output head (its soft-cap applied)."""
     return llama.logits_from_hidden(hidden, head, model.final_softcap)
+
+
+def counted(mask: Array) -> dict[str, Array]:
+    """The metric by which micro-batches weigh a mean over the tokens `mask` counts."""
+    return {LOSS_WEIGHT: jnp.sum(mask.astype(jnp.float32))}
 
 
 def sequence_nll(logits: Array, sequence: Sequence) -> Float[Array, ""]:

@@ -26,11 +26,12 @@ def make_loss(ctx: Context):
         hidden = divergence.hidden_and_heads(params, teacher_params, sequence, rng)
         if not ce_weight:
             distill = divergence.from_hidden(*hidden, sequence.loss_mask)
-            return distill, {"distill/divergence": distill}
+            return distill, {"distill/divergence": distill, **lm.counted(sequence.loss_mask)}
         logits = lm.logits_from(divergence.student, hidden[0], hidden[1])
         distill = divergence.from_logits(
             logits, lm.logits_from(divergence.teacher, hidden[2], hidden[3]), sequence.loss_mask)
         nll = lm.sequence_nll(logits, sequence)
-        return distill + ce_weight * nll, {"distill/divergence": distill, "distill/nll": nll}
+        return distill + ce_weight * nll, {"distill/divergence": distill, "distill/nll": nll,
+                                           **lm.counted(sequence.loss_mask)}
 
     return loss_fn

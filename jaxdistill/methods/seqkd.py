@@ -25,6 +25,7 @@ def make_loss(ctx: Context):
         sequence = lm.with_continuation(batch, sampled.tokens, sampled.mask)
         logits = lm.logits(student, params, sequence, train=True, rng=dropout_rng)
         nll = lm.sequence_nll(logits, sequence)
-        return nll, {"distill/sample_length": jax.numpy.mean(jax.numpy.sum(sampled.mask, -1))}
+        return nll, {"distill/sample_length": jax.numpy.mean(jax.numpy.sum(sampled.mask, -1)),
+                     **lm.counted(sequence.loss_mask)}
 
     return loss_fn

@@ -18,6 +18,7 @@ def make_loss(ctx: Context):
         sequence = lm.real_text(batch)
         logits = lm.logits(student, params, sequence, train=True, rng=rng)
         nll = lm.sequence_nll(logits, sequence)
-        return nll, {"accuracy": losses.accuracy(logits, sequence.targets, sequence.loss_mask)}
+        return nll, {"accuracy": losses.accuracy(logits, sequence.targets, sequence.loss_mask),
+                     **lm.counted(sequence.loss_mask)}
 
     return loss_fn

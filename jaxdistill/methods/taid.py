@@ -67,7 +67,7 @@ def make_loss(ctx: Context):
         target_head = jnp.concatenate([(1 - t) * frozen_head, t * teacher_head], axis=0)
         value = divergence.from_hidden(student_hidden, student_head, target_hidden, target_head,
                                        sequence.loss_mask)
-        return value, {"distill/taid_t": t}
+        return value, {"distill/taid_t": t, **lm.counted(sequence.loss_mask)}
 
     def init_state(params):
         del params
