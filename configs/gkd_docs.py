@@ -44,6 +44,7 @@ def get_config(arg=None):
     if scale == "paper":
         config.student = lm_teacher_docs.llama(num_layers=4, width=512, heads=8, kv_heads=4,
                                                mlp_dim=1376, vocab_size=32000)
+        config.student.attention = config.teacher.attention = "flash"
         config.data.update({"prompt_length": 256, "continuation_length": 128})
         config.update({"total_steps": 50_000, "eval_every": 5000})
         config.checkpoint.every_steps = 5000

@@ -27,7 +27,7 @@ def llama(num_layers: int, width: int, heads: int, kv_heads: int, mlp_dim: int,
         "model": "llama", "vocab_size": vocab_size, "num_layers": num_layers, "width": width,
         "num_heads": heads, "num_kv_heads": kv_heads, "head_dim": None, "mlp_dim": mlp_dim,
         "max_length": 256, "rope_theta": 10000.0, "norm_eps": 1e-6, "tie_embeddings": True,
-        "dropout": 0.0, "dtype": "float32"})
+        "dropout": 0.0, "dtype": "float32", "attention": "xla"})
 
 
 def get_config(arg=None):
@@ -54,6 +54,7 @@ def get_config(arg=None):
                             "cache": False})
         config.student = llama(num_layers=12, width=768, heads=12, kv_heads=4, mlp_dim=2048,
                                vocab_size=32000)
+        config.student.attention = "flash"
         config.update({"batch_size": 256, "total_steps": 100_000, "log_every": 100,
                        "eval_every": 5000, "eval_batch_size": 256})
         config.optimizer.update({"lr": 1e-3, "warmup_steps": 2000})

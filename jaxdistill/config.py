@@ -48,9 +48,12 @@ def base() -> ml_collections.ConfigDict:
     c.student = ml_collections.ConfigDict({"model": "mlp", "num_classes": 10})
     # The teacher: a jaxdistill run's workdir (checkpoint), the config that trains one when that
     # is empty, or a Hugging Face model (pretrained: a directory or a known name).
-    # allow_unfinished: distil from a teacher run that has not trained all its steps.
+    # allow_unfinished: distil from a teacher run that has not trained all its steps. dtype and
+    # attention, when set, change how the teacher computes (e.g. "bfloat16", "flash"), not its
+    # weights; empty keeps its own settings.
     c.teacher = ml_collections.ConfigDict({"checkpoint": "", "config": "", "pretrained": "",
-                                           "allow_unfinished": False})
+                                           "allow_unfinished": False, "dtype": "",
+                                           "attention": ""})
     # teacher_layers: copy the teacher's embeddings and these layers into the student (DistilBERT
     # and MiniLM students, depth-pruned LMs), e.g. (0, 2, 5); empty initialises the student from
     # scratch. from_teacher starts the student as a copy of the whole teacher (consistency

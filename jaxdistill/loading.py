@@ -34,7 +34,7 @@ class Loaded:
     run_config: ml_collections.ConfigDict | None       # None for a pretrained model
     # A run's checkpoint: {"checkpoint", "step", "fingerprint"}; None for a pretrained model.
     identity: dict | None = None
-    tokenizer: Any = None  # a pretrained model's own `tokenizers.Tokenizer`, when it has one
+    tokenizer: Any = None  # a pretrained model's own tokenizer (transformers'), when it has one
 
 
 def on_one_device(boxed) -> Any:
@@ -56,13 +56,22 @@ def _placed(module: nn.Module, example_inputs, place: Placement) -> tuple[Any, A
                         nn.unbox(boxed), shardings), shardings
 
 
+def compute_settings(teacher: ml_collections.ConfigDict) -> dict:
+    """config.teacher's settings of how the teacher computes (dtype, attention), where set."""
+    return {key: teacher[key] for key in ("dtype", "attention") if teacher.get(key)}
+
+
+def _module(model_config: ml_collections.ConfigDict, overrides: dict) -> nn.Module:
+    return models.build(ml_collections.ConfigDict({**model_config.to_dict(), **overrides}))
+
+
 def run(run_dir: str, place: Placement = on_one_device, example_inputs=None,
         check: ModelCheck = lambda model_config, run_config: None,
-        finished: bool = False) -> Loaded:
+        finished: bool = False, overrides: dict | None = None) -> Loaded:
     """The student of the run in `run_dir` at its newest checkpoint (its EMA when it kept one),
     traced with `example_inputs` (default: one example of the run's own dataset); `check` sees
     its model settings before anything is restored. With `finished` the run must have trained
-    all of its steps."""
+    all of its steps. `overrides` change module fields that do not affect the weights."""
     run_config = checkpoint.read_config(run_dir)
     check(run_config.student, run_config)
     step = checkpoint.newest_step(run_dir)
@@ -71,7 +80,7 @@ def run(run_dir: str, place: Placement = on_one_device, example_inputs=None,
             f"the teacher at {run_dir} has trained {step} of its {run_config.total_steps} steps;"
             f" finish it (`jaxdistill train --workdir {run_dir} ...`) or set"
             " config.teacher.allow_unfinished=True to distil from it as it is")
-    module = models.build(run_config.student)
+    module = _module(run_config.student, overrides or {})
     if example_inputs is None:
         example_inputs = data.spec(run_config.data).example_inputs()
     abstract, shardings = _placed(module, example_inputs, place)
@@ -83,19 +92,22 @@ def run(run_dir: str, place: Placement = on_one_device, example_inputs=None,
 
 
 def planned(run_config: ml_collections.ConfigDict, place: Placement, example_inputs,
-            check: ModelCheck = lambda model_config, run_config: None) -> Loaded:
+            check: ModelCheck = lambda model_config, run_config: None,
+            overrides: dict | None = None) -> Loaded:
     """The model a run of `run_config` will train, as abstract params (shapes and shardings):
     what a command checks a student against before it trains that run as its teacher."""
     check(run_config.student, run_config)
-    module = models.build(run_config.student)
+    module = _module(run_config.student, overrides or {})
     abstract, shardings = _placed(module, example_inputs, place)
     return Loaded(module, run_config.student, abstract, shardings, run_config)
 
 
 def pretrained(name: str, example_inputs, place: Placement = on_one_device,
-               check: ModelCheck = lambda model_config, run_config: None) -> Loaded:
-    """A Hugging Face model (a directory or a known name), placed by `place`."""
-    loaded = models.from_pretrained(name)
+               check: ModelCheck = lambda model_config, run_config: None,
+               overrides: dict | None = None) -> Loaded:
+    """A Hugging Face model (a directory or a known name), placed by `place`; `overrides` as
+    for `run`."""
+    loaded = models.from_pretrained(name, **(overrides or {}))
     check(ml_collections.ConfigDict(loaded.model_config), None)
     shardings = place(_abstract(loaded.module, example_inputs))
     params = jax.device_put({"params": loaded.params}, shardings)
@@ -107,12 +119,13 @@ def teacher(config: ml_collections.ConfigDict, example_inputs,
             place: Placement = on_one_device,
             check: ModelCheck = lambda model_config, run_config: None) -> Loaded:
     """The teacher a config names: `teacher.pretrained`, else the run at `teacher.checkpoint`."""
+    overrides = compute_settings(config.teacher)
     if config.teacher.pretrained:
-        return pretrained(config.teacher.pretrained, example_inputs, place, check)
+        return pretrained(config.teacher.pretrained, example_inputs, place, check, overrides)
     if not config.teacher.checkpoint:
         raise DistillError(
             f"method {config.method!r} needs a teacher: set config.teacher.checkpoint to a teacher"
             " run's workdir (`jaxdistill train` trains one into WORKDIR/teacher when it is empty)"
             " or config.teacher.pretrained to a Hugging Face model")
     return run(config.teacher.checkpoint, place, example_inputs, check,
-               finished=not config.teacher.allow_unfinished)
+               finished=not config.teacher.allow_unfinished, overrides=overrides)

@@ -36,6 +36,7 @@ from jaxdistill import state as state_lib
 from jaxdistill import step as step_lib
 from jaxdistill.data import text_tokenizers
 from jaxdistill.errors import DistillError
+from jaxdistill.models.llama import COMPUTE_FIELDS
 
 
 @dataclasses.dataclass
@@ -214,14 +215,16 @@ def _load_teacher(config, mesh, dataset, teacher_to_train) -> loading.Loaded:
 
     teacher = (loading.teacher(config, dataset.example_inputs(), place, check)
                if teacher_to_train is None
-               else loading.planned(teacher_to_train, place, dataset.example_inputs(), check))
+               else loading.planned(teacher_to_train, place, dataset.example_inputs(), check,
+                                    loading.compute_settings(config.teacher)))
     _check_tokenizer(config, teacher, dataset)
     return teacher
 
 
 def _student_from_pretrained(config: ml_collections.ConfigDict) -> None:
     """With config.student_init.pretrained, the student is that model: config.student takes its
-    settings, keeping only the compute settings (dtype, dropout) config.student gives."""
+    settings, keeping only the compute settings (dtype, dropout, attention) config.student
+    gives."""
     source = config.student_init.pretrained
     if not source:
         return
@@ -229,7 +232,8 @@ def _student_from_pretrained(config: ml_collections.ConfigDict) -> None:
         raise DistillError("config.student_init.pretrained starts the student from a Hugging Face"
                            " model, which teacher_layers and from_teacher would overwrite; set"
                            " only one of them")
-    kept = {key: config.student[key] for key in ("dtype", "dropout") if key in config.student}
+    kept = {key: config.student[key] for key in COMPUTE_FIELDS
+            if key in config.student}
     config.student = ml_collections.ConfigDict({**models.pretrained.model_config(source), **kept})
 
 

@@ -10,6 +10,7 @@ import types
 
 import flax
 import jax
+import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import pytest
@@ -146,6 +147,29 @@ def test_sliding_window_hides_keys_window_slots_back(saved):
     # One layer reaches WINDOW - 1 slots back; the second layer reaches as far again.
     assert (moved[3:3 + 2 * (WINDOW - 1) + 1] > 0).all() and (moved[3 + 2 * (WINDOW - 1) + 1:]
                                                              == 0).all()
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_flash_attention_equals_the_xla_path_on_packed_rows(saved, family):
+    """Logits and parameter gradients through the flash kernel (Gemma 2's soft-capped scores
+    take the XLA path) on rows packing two documents and padding."""
+    loaded = models.from_pretrained(saved[family][1])
+    ids = _ids((2, 16))
+    segments = np.array([[1] * 9 + [2] * 7, [1] * 5 + [2] * 8 + [0] * 3], np.int32)
+
+    def loss_and_grads(module):
+        def loss(params):
+            logits = module.apply({"params": params}, ids, segment_ids=segments, train=False)
+            return jnp.sum(jnp.where(segments[..., None] > 0, logits, 0.0) ** 2), logits
+        return jax.jit(jax.value_and_grad(loss, has_aux=True))(loaded.params)
+
+    (_, xla_logits), xla_grads = loss_and_grads(loaded.module)
+    flash = models.from_pretrained(saved[family][1], attention="flash").module
+    (_, flash_logits), flash_grads = loss_and_grads(flash)
+    kept = segments > 0
+    np.testing.assert_allclose(flash_logits[kept], xla_logits[kept], rtol=1e-5, atol=1e-5)
+    for ours, xla in zip(jax.tree.leaves(flash_grads), jax.tree.leaves(xla_grads)):
+        np.testing.assert_allclose(ours, xla, rtol=1e-4, atol=1e-4 * np.abs(xla).max())
 
 
 @pytest.mark.parametrize("family", FAMILIES)

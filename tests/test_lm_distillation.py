@@ -49,9 +49,25 @@ def test_every_lm_method_trains_from_the_cli(method, flags, tmp_path, data_dir, 
 
 
 def _first_loss(config) -> float:
-    run = build(config)
+    return _first_loss_of(build(config))
+
+
+def _first_loss_of(run) -> float:
+    config = run.config
     batch = run.shard_batch(next(data.train_iterator(config.data, config.batch_size, config.seed)))
     return float(run.train_step(run.init(), batch)[1]["loss"])
+
+
+@pytest.mark.parametrize("method", ["logit_kd", "gkd"])
+def test_flash_attention_in_both_models_gives_the_xla_loss(student_config, method):
+    """The train step with the teacher and the student on the flash kernel (packed prompt and
+    continuation rows, left padding, GQA; gkd also samples through the KV cache)."""
+    runs = {attention: build(student_config(method=method, **{
+        "student.attention": attention, "teacher.attention": attention}))
+        for attention in ("xla", "flash")}
+    assert runs["flash"].student.attention == runs["flash"].teacher.attention == "flash"
+    np.testing.assert_allclose(_first_loss_of(runs["flash"]), _first_loss_of(runs["xla"]),
+                               rtol=1e-5)
 
 
 @pytest.mark.parametrize("divergence", ["jsd", "rkl"])

@@ -22,7 +22,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxdistill.errors import DistillError
-from jaxdistill.models.llama import FULL, ROPE_TYPES, SLIDING, Llama
+from jaxdistill.models.llama import COMPUTE_FIELDS, FULL, ROPE_TYPES, SLIDING, Llama
 
 ARCHITECTURES = {"llama": "LlamaForCausalLM", "mistral": "MistralForCausalLM",
                  "qwen2": "Qwen2ForCausalLM", "qwen3": "Qwen3ForCausalLM",
@@ -319,11 +319,12 @@ _ROPE_UNREAD = {"default": _ROPE_SCALING, "linear": _ROPE_SCALING[1:], "llama3":
 
 def _canonical(fields: dict) -> dict:
     """`fields` as what they compute: settings no layer reads set to their defaults, the compute
-    dtype left out (it is no property of the weights)."""
+    settings left out (they are no property of the weights)."""
     fields = _resolved(fields)
     slides = SLIDING in fields["layer_types"]
     return {
-        **fields, "dtype": None, "vocab_size": fields["embedding_rows"] or fields["vocab_size"],
+        **fields, **dict.fromkeys(COMPUTE_FIELDS),
+        "vocab_size": fields["embedding_rows"] or fields["vocab_size"],
         "embedding_rows": None,
         "query_scale": fields["query_scale"] or fields["head_dim"] ** -0.5,
         "sliding_window": fields["sliding_window"] if slides else None,

@@ -34,6 +34,7 @@ import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, Bool, Float, Int
 
+from jaxdistill import kernels
 from jaxdistill.errors import DistillError
 
 _INIT_STD = 0.02  # Llama's initializer_range
@@ -44,6 +45,10 @@ SLIDING = "sliding_attention"
 ROPE_TYPES = ("default", "linear", "llama3")
 NORM_STYLES = ("llama", "gemma")
 ACTIVATIONS = {"silu": nn.silu, "gelu_tanh": functools.partial(jax.nn.gelu, approximate=True)}
+ATTENTIONS = ("xla", "flash")
+# Fields that say how the model computes, not what its weights are: a model loaded from a
+# checkpoint keeps the ones a config sets.
+COMPUTE_FIELDS = ("dtype", "dropout", "attention")
 
 
 def _normal(axes: tuple[str | None, ...]):
@@ -136,6 +141,15 @@ def sliding_window_mask(query_slots: Int[Array, "q"], num_keys: int,
     return jnp.arange(num_keys)[None, :] > query_slots[:, None] - window
 
 
+class Visibility(NamedTuple):
+    """Which keys a query sees: the dense [B, Q, K] `mask` the "xla" attention reads, and what
+    it is made of for the flash kernel (causal within `segments`, 0 = padding, and `window`)."""
+
+    mask: Bool[Array, "batch q k"]
+    segments: Int[Array, "batch seq"]
+    window: int | None
+
+
 class RMSNorm(nn.Module):
     """RMS-normalises the last axis in float32, then scales it. "llama": the normed x cast to
     the compute dtype, times w (init 1). "gemma": x̂·(1 + w) in float32, then cast (w init 0)."""
@@ -176,6 +190,7 @@ class LayerSpec:
     mlp_activation: str
     query_scale: float | None
     attn_softcap: float | None
+    attention: str
 
     def norm(self, name: str) -> RMSNorm:
         return RMSNorm(self.norm_eps, self.dtype, self.norm_style, name=name)
@@ -185,7 +200,8 @@ class Attention(nn.Module):
     spec: LayerSpec
 
     @nn.compact
-    def __call__(self, x, positions, mask, inv_freq, *, train: bool, cache_kv=None, index=0):
+    def __call__(self, x, positions, visible: Visibility, inv_freq, *, train: bool,
+                 cache_kv=None, index=0):
         spec = self.spec
 
         def project(name, heads):
@@ -201,11 +217,32 @@ class Attention(nn.Module):
         if cache_kv is not None:
             k, v = (jax.lax.dynamic_update_slice(c, new.astype(c.dtype), (0, index, 0, 0))
                     for c, new in zip(cache_kv, (k, v)))
-        context = self.attend(q, k, v, mask, train=train)
+        if cache_kv is None and self.flash(train):
+            context = self.attend_flash(q, k, v, visible)
+        else:
+            context = self.attend(q, k, v, visible.mask, train=train)
         out = nn.DenseGeneral(x.shape[-1], axis=(-2, -1), use_bias=spec.output_bias,
                               dtype=spec.dtype, kernel_init=_normal(("heads", "kv", "embed")),
                               bias_init=_zeros(("embed",)), name="output")(context)
         return out, (k, v)
+
+    def flash(self, train: bool) -> bool:
+        """Whether the flash kernel computes this attention: asked for, and nothing it lacks
+        (score soft-capping, attention dropout) is needed."""
+        spec = self.spec
+        return (spec.attention == "flash" and spec.attn_softcap is None
+                and not (train and spec.dropout))
+
+    def attend_flash(self, q, k, v, visible: Visibility):
+        """`attend` through `kernels.flash_attention` (no [L, L] scores): the kernel scales
+        by head_dim ** -0.5, so a `query_scale` is folded into q; GQA repeats k and v."""
+        spec = self.spec
+        groups = spec.num_heads // spec.num_kv_heads
+        k, v = (jnp.repeat(x, groups, axis=2) for x in (k, v))
+        if spec.query_scale is not None:
+            q = q * jnp.asarray(spec.query_scale * spec.head_dim ** 0.5, q.dtype)
+        return kernels.flash_attention(q, k.astype(q.dtype), v.astype(q.dtype), causal=True,
+                                       segment_ids=visible.segments, window=visible.window)
 
     def attend(self, q, k, v, mask, *, train: bool):
         """Query head h reads key/value head h // (heads / kv_heads), as HF's `repeat_kv`."""
@@ -248,10 +285,11 @@ class Layer(nn.Module):
     spec: LayerSpec
 
     @nn.compact
-    def __call__(self, x, positions, mask, inv_freq, *, train: bool, cache_kv=None, index=0):
+    def __call__(self, x, positions, visible: Visibility, inv_freq, *, train: bool,
+                 cache_kv=None, index=0):
         spec = self.spec
         out, kv = Attention(spec, name="attention")(
-            spec.norm("attention_norm")(x), positions, mask, inv_freq, train=train,
+            spec.norm("attention_norm")(x), positions, visible, inv_freq, train=train,
             cache_kv=cache_kv, index=index)
         if spec.post_norms:
             out = spec.norm("attention_post_norm")(out)
@@ -279,6 +317,10 @@ class Llama(nn.Module):
     - `query_scale`: the attention-score scale, None for head_dim ** -0.5 (Gemma:
       query_pre_attn_scalar ** -0.5).
     - `attn_softcap` / `final_softcap`: c·tanh(z / c) on the attention scores / the logits.
+    - `attention`: "xla" (scores materialised, as HF computes them) or "flash" (the
+      `kernels.flash_attention` kernel, memory linear in the length, for training and scoring
+      where it applies: not with `attn_softcap`, attention dropout or a KV cache, which take
+      the "xla" path).
     - `sliding_window`, `layer_types`: per layer "full_attention" or "sliding_attention" (a
       query sees the `sliding_window` newest slots, its own included); `layer_types=None`
       makes every layer sliding when `sliding_window` is set (Mistral), else full.
@@ -320,6 +362,7 @@ class Llama(nn.Module):
     rope_high_freq_factor: float = 4.0
     rope_original_max_length: int | None = None
     rope_local_theta: float | None = None
+    attention: str = "xla"
 
     def __post_init__(self):
         # A config.json round trip turns the tuple into a list; the module must stay hashable
@@ -347,7 +390,7 @@ class Llama(nn.Module):
         spec = LayerSpec(self.num_heads, self.num_kv_heads, self.resolved_head_dim, self.mlp_dim,
                          self.norm_eps, self.dropout, dtype, self.qkv_bias, self.output_bias,
                          self.qk_norm, self.norm_style, self.post_norms, self.mlp_activation,
-                         self.query_scale, self.attn_softcap)
+                         self.query_scale, self.attn_softcap, self.attention)
         self.layers = [Layer(spec, name=f"layer_{i}") for i in range(self.num_layers)]
         self.final_norm = spec.norm("final_norm")
         if not self.tie_embeddings:
@@ -368,7 +411,8 @@ class Llama(nn.Module):
             raise DistillError(f"head_dim {self.resolved_head_dim} is odd; RoPE rotates pairs")
         for field, value, allowed in (("rope_type", self.rope_type, ROPE_TYPES),
                                       ("norm_style", self.norm_style, NORM_STYLES),
-                                      ("mlp_activation", self.mlp_activation, tuple(ACTIVATIONS))):
+                                      ("mlp_activation", self.mlp_activation, tuple(ACTIVATIONS)),
+                                      ("attention", self.attention, ATTENTIONS)):
             if value not in allowed:
                 raise DistillError(f"{field}={value!r} is not one of {', '.join(allowed)};"
                                    " choose one of those")
@@ -412,10 +456,11 @@ class Llama(nn.Module):
                                                      length, axis=1)
         query_slots = index + jnp.arange(length)
         mask = causal_segment_mask(segments, key_segments, query_slots)
-        masks = {FULL: mask}
+        visibility = {FULL: Visibility(mask, segments, None)}
         if self.sliding_window:
-            masks[SLIDING] = mask & sliding_window_mask(query_slots, key_segments.shape[1],
-                                                        self.sliding_window)
+            visibility[SLIDING] = Visibility(
+                mask & sliding_window_mask(query_slots, key_segments.shape[1],
+                                           self.sliding_window), segments, self.sliding_window)
         frequencies = self._rope_frequencies()
         x = self.embed(input_ids)
         if self.scale_embeddings:
@@ -424,7 +469,7 @@ class Llama(nn.Module):
         keys, values = [], []
         for i, (layer, kind) in enumerate(zip(self.layers, self.resolved_layer_types)):
             cache_kv = None if cache is None else (cache.keys[i], cache.values[i])
-            x, (k, v) = layer(x, positions, masks[kind], frequencies[kind], train=train,
+            x, (k, v) = layer(x, positions, visibility[kind], frequencies[kind], train=train,
                               cache_kv=cache_kv, index=index)
             keys.append(k)
             values.append(v)
