@@ -13,6 +13,7 @@ import functools
 import os
 from typing import Any, Callable
 
+import flax
 import flax.linen as nn
 import jax
 import ml_collections
@@ -107,12 +108,16 @@ def pretrained(name: str, example_inputs, place: Placement = on_one_device,
                overrides: dict | None = None) -> Loaded:
     """A Hugging Face model (a directory or a known name), placed by `place`; `overrides` as
     for `run`."""
-    loaded = models.from_pretrained(name, **(overrides or {}))
-    check(ml_collections.ConfigDict(loaded.model_config), None)
-    shardings = place(_abstract(loaded.module, example_inputs))
-    params = jax.device_put({"params": loaded.params}, shardings)
-    return Loaded(loaded.module, ml_collections.ConfigDict(loaded.model_config), params,
-                  shardings, None, tokenizer=loaded.tokenizer)
+    overrides = overrides or {}
+    model_config = ml_collections.ConfigDict(
+        {**models.pretrained.model_config(name), **overrides})
+    check(model_config, None)
+    shardings = place(_abstract(models.build(model_config), example_inputs))
+    by_path = flax.traverse_util.flatten_dict(shardings["params"])
+    loaded = models.from_pretrained(
+        name, put=lambda path, array: jax.device_put(array, by_path[path]), **overrides)
+    return Loaded(loaded.module, model_config, {"params": loaded.params}, shardings, None,
+                  tokenizer=loaded.tokenizer)
 
 
 def teacher(config: ml_collections.ConfigDict, example_inputs,

@@ -21,7 +21,7 @@ from tokenizers import Tokenizer
 from tokenizers.models import WordLevel
 
 from jaxdistill import config as config_lib
-from jaxdistill import models
+from jaxdistill import loading, models
 from jaxdistill.errors import DistillError
 from jaxdistill.generate import generate
 from jaxdistill.models import hf_llama, pretrained
@@ -360,3 +360,22 @@ def test_a_tokenizer_larger_than_the_embedding_is_refused(saved, tmp_path):
     with pytest.raises(DistillError, match=r"tokenizer gives ids up to 129 but the model's"
                                            r" embedding has 128 rows"):
         models.from_pretrained(str(tmp_path))
+
+
+def test_loading_places_each_tensor_in_its_sharding(saved):
+    """`loading.pretrained` puts every tensor on its devices as it is converted: the params come
+    back in the layout `place` asks for, equal to the host import."""
+    mesh = jax.sharding.Mesh(np.array(jax.devices()), ("model",))
+    by_rows = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec("model"))
+    replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
+
+    def place(boxed):
+        return jax.tree.map(lambda x: by_rows if x.shape[0] % 8 == 0 else replicated,
+                            flax.linen.unbox(boxed))
+
+    path = saved["qwen2"][1]
+    placed = loading.pretrained(path, (np.zeros((1, 4), np.int32),), place).params["params"]
+    on_host = models.from_pretrained(path).params
+    for ours, theirs in zip(jax.tree.leaves(placed), jax.tree.leaves(on_host)):
+        assert ours.sharding == (by_rows if theirs.shape[0] % 8 == 0 else replicated)
+        np.testing.assert_array_equal(ours, theirs)

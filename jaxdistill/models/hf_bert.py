@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import json
 import os
-from typing import Any, Iterator, Mapping
+from typing import Any, Callable, Iterator, Mapping
 
 import flax
 import jax
@@ -13,6 +13,13 @@ import numpy as np
 
 from jaxdistill.errors import DistillError
 from jaxdistill.models.bert import Bert
+
+# Where a converted tensor goes: (its param path, the float32 array) -> what the params hold.
+Put = Callable[[tuple[str, ...], np.ndarray], Any]
+
+
+def keep_on_host(path: tuple[str, ...], array: np.ndarray) -> np.ndarray:
+    return array
 
 
 def read_json(path: str) -> Any:
@@ -87,8 +94,9 @@ def _to_flax(tensor: np.ndarray, path: tuple[str, ...], shape: tuple[int, ...]) 
     return tensor.reshape(shape) if tensor.size == int(np.prod(shape)) else tensor
 
 
-def convert(tensors: Mapping[str, np.ndarray], module: Bert) -> dict:
-    """The Flax params of `module` from a Hugging Face BERT state dict (with or without `bert.`)."""
+def convert(tensors: Mapping[str, np.ndarray], module: Bert, put: Put = keep_on_host) -> dict:
+    """The Flax params of `module` from a Hugging Face BERT state dict (with or without
+    `bert.`), each passed through `put(path, array)` once converted (see `hf_llama.convert`)."""
     stored = {name.removeprefix("bert."): name for name in tensors}  # read lazily below
     abstract = flax.traverse_util.flatten_dict(jax.eval_shape(
         lambda: flax.linen.unbox(module.init(jax.random.key(0), np.zeros((1, 1), np.int32),
@@ -107,7 +115,7 @@ def convert(tensors: Mapping[str, np.ndarray], module: Bert) -> dict:
                 f"tensor {names[path]} has shape {tensor.shape}, but config.json"
                 f" implies {leaf.shape} for {'/'.join(path)}; the config does not match the"
                 " weights")
-        flat[path] = value
+        flat[path] = put(path, value)
     return flax.traverse_util.unflatten_dict(flat)
 
 

@@ -22,6 +22,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxdistill.errors import DistillError
+from jaxdistill.models.hf_bert import Put, keep_on_host
 from jaxdistill.models.llama import COMPUTE_FIELDS, FULL, ROPE_TYPES, SLIDING, Llama
 
 ARCHITECTURES = {"llama": "LlamaForCausalLM", "mistral": "MistralForCausalLM",
@@ -237,9 +238,11 @@ def _structure_fields(hf: dict) -> str:
                      ("num_hidden_layers", "tie_word_embeddings", "attention_bias") if f in hf)
 
 
-def convert(tensors: Mapping[str, np.ndarray], module: Llama, hf: dict) -> dict:
+def convert(tensors: Mapping[str, np.ndarray], module: Llama, hf: dict,
+            put: Put = keep_on_host) -> dict:
     """The Flax params of `module` from a Hugging Face state dict, float32 whatever the stored
-    dtype. Tensors are read one at a time, so `tensors` may map names to memory maps."""
+    dtype. Tensors are read one at a time, so `tensors` may map names to memory maps, and each
+    goes through `put(path, array)` as soon as it is converted (e.g. onto its devices)."""
     abstract = flax.traverse_util.flatten_dict(jax.eval_shape(
         lambda: flax.linen.unbox(module.init(jax.random.key(0), np.zeros((1, 1), np.int32),
                                              train=False))["params"]))
@@ -261,7 +264,7 @@ def convert(tensors: Mapping[str, np.ndarray], module: Llama, hf: dict) -> dict:
         want = _hf_shape(path, leaf.shape)
         if tensor.shape != want:
             raise _shape_error(names[path], tensor.shape, want, hf)
-        flat[path] = _from_hf(path, np.asarray(tensor, np.float32), leaf.shape)
+        flat[path] = put(path, _from_hf(path, np.asarray(tensor, np.float32), leaf.shape))
     return flax.traverse_util.unflatten_dict(flat)
 
 

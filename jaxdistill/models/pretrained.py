@@ -158,9 +158,12 @@ def _tokenizer(path: str) -> PreTrainedTokenizerFast | None:
     return load_tokenizer(path) if os.path.exists(os.path.join(path, "tokenizer.json")) else None
 
 
-def from_pretrained(name_or_path: str, **overrides) -> Pretrained:
+def from_pretrained(name_or_path: str, put: hf_bert.Put = hf_bert.keep_on_host,
+                    **overrides) -> Pretrained:
     """Module, params and tokenizer of a Hugging Face BERT or Llama; `overrides` change module
-    fields that do not affect the weights (e.g. dropout, or a Llama's compute dtype)."""
+    fields that do not affect the weights (e.g. dropout, or a Llama's compute dtype). Each
+    tensor goes through `put(path, float32 array)` once converted, so a caller that places it
+    on its devices there never holds the model on the host."""
     path = resolve_path(name_or_path)
     hf = hf_bert.read_json(os.path.join(path, "config.json"))
     tokenizer = _tokenizer(path)
@@ -170,8 +173,8 @@ def from_pretrained(name_or_path: str, **overrides) -> Pretrained:
         load_tokenizer(path)  # an encoder needs its tokenizer: says which file is missing
     module = (Llama if kind == "llama" else Bert)(**fields)
     tensors = Tensors(weight_files(path))
-    params = (hf_llama.convert(tensors, module, hf) if kind == "llama"
-              else hf_bert.convert(tensors, module))
+    params = (hf_llama.convert(tensors, module, hf, put) if kind == "llama"
+              else hf_bert.convert(tensors, module, put))
     return Pretrained(module, params, tokenizer, path, {"model": kind, **fields})
 
 

@@ -72,7 +72,7 @@ def encode_throughput(config, model_config, repeats: int = 5) -> float:
 
 def _throughputs(load: ConfigLoader, scale: str) -> dict[str, float]:
     config = _config(load, scale, 0, STUDENT_LAYERS[3], "minilm")
-    teacher = models.from_pretrained(config.teacher.pretrained).model_config
+    teacher = models.pretrained.model_config(config.teacher.pretrained)
     speeds = {"teacher": encode_throughput(config, teacher)}
     for depth in STUDENT_LAYERS:
         speeds[f"{depth}L"] = encode_throughput(config, {**teacher, "num_layers": depth})
