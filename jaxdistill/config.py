@@ -41,10 +41,21 @@ def base() -> ml_collections.ConfigDict:
     # (documents packed into rows of max_length) or "prompts" (prompt_length tokens of prompt,
     # continuation_length of continuation); empty picks the dataset's natural one.
     # teacher_cache: a `jaxdistill cache-teacher` directory of offline top-k teacher targets.
+    # Data from files (instead of the TFDS dataset `name`): files / validation_files are paths,
+    # globs or comma-separated lists of JSONL, Parquet or text files, or a directory that
+    # Hugging Face `datasets` saved; file_reader says how to read them ("" from the extension;
+    # "text" a document per file, "text_lines" a document per line); without validation_files
+    # a seeded validation_fraction of the examples is held out. kind is "text",
+    # "prompt_completion" or "messages" ("" from the columns found), read from the `columns`
+    # named; too_long is "truncate" or "drop" for an example longer than its row.
     c.data = ml_collections.ConfigDict(
         {"name": "sklearn_digits", "data_dir": "", "train_split": "train", "cache": True,
          "tokenizer": "", "max_length": 64, "format": "", "prompt_length": 64,
-         "continuation_length": 64, "teacher_cache": "", "task": ""})
+         "continuation_length": 64, "teacher_cache": "", "task": "",
+         "files": "", "validation_files": "", "validation_fraction": 0.0, "file_reader": "",
+         "kind": "", "too_long": "truncate",
+         "columns": {"text": "text", "prompt": "prompt", "completion": "completion",
+                     "messages": "messages"}})
     c.student = ml_collections.ConfigDict({"model": "mlp", "num_classes": 10})
     # The teacher: a jaxdistill run's workdir (checkpoint), the config that trains one when that
     # is empty, or a Hugging Face model (pretrained: a directory or a known name).
