@@ -36,6 +36,10 @@ def base() -> ml_collections.ConfigDict:
     c.eval_batch_size = 512
     c.eval_splits = ("validation", "test")
     c.ema_decay = 0.0
+    # "bfloat16": the student and the teacher compute in bfloat16 and the teacher's params are
+    # stored in it; the student's params, optimizer state, losses and softmax statistics stay
+    # float32. Models with a compute dtype (llama) only.
+    c.precision = "float32"
     # Text datasets: tokenizer is a pretrained model's name or directory, or "byte" / "bpe:N"
     # (trained on the train split) for language modelling; format is "sentences", "packed"
     # (documents packed into rows of max_length) or "prompts" (prompt_length tokens of prompt,

@@ -16,6 +16,7 @@ from typing import Any, Callable
 import flax
 import flax.linen as nn
 import jax
+import jax.numpy as jnp
 import ml_collections
 
 from jaxdistill import checkpoint, data, models
@@ -49,17 +50,33 @@ def _abstract(module: nn.Module, example_inputs) -> Any:
                           *example_inputs)
 
 
-def _placed(module: nn.Module, example_inputs, place: Placement) -> tuple[Any, Any]:
-    """The module's abstract params, each with the sharding `place` gives it, and the shardings."""
+def _placed(module: nn.Module, example_inputs, place: Placement,
+            overrides: dict | None = None) -> tuple[Any, Any]:
+    """The module's abstract params, each with the sharding `place` gives it and the dtype it is
+    stored in (see `_stored`), and the shardings."""
     boxed = _abstract(module, example_inputs)
     shardings = place(boxed)
-    return jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
+    return jax.tree.map(lambda a, s: _stored(jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
+                                             overrides or {}),
                         nn.unbox(boxed), shardings), shardings
 
 
-def compute_settings(teacher: ml_collections.ConfigDict) -> dict:
-    """config.teacher's settings of how the teacher computes (dtype, attention), where set."""
-    return {key: teacher[key] for key in ("dtype", "attention") if teacher.get(key)}
+def compute_settings(config: ml_collections.ConfigDict) -> dict:
+    """How the teacher computes: config.teacher's dtype and attention where set, the dtype of
+    config.precision otherwise."""
+    settings = {key: config.teacher[key] for key in ("dtype", "attention")
+                if config.teacher.get(key)}
+    if config.get("precision", "float32") != "float32":
+        settings.setdefault("dtype", config.precision)
+    return settings
+
+
+def _stored(leaf, overrides: dict):
+    """A frozen model's params are stored in its compute dtype (`overrides`' dtype): a teacher
+    run in bfloat16 needs no float32 copy."""
+    dtype = overrides.get("dtype")
+    return leaf if dtype is None else jax.ShapeDtypeStruct(
+        leaf.shape, jnp.dtype(dtype), sharding=leaf.sharding)
 
 
 def _module(model_config: ml_collections.ConfigDict, overrides: dict) -> nn.Module:
@@ -72,7 +89,8 @@ def run(run_dir: str, place: Placement = on_one_device, example_inputs=None,
     """The student of the run in `run_dir` at its newest checkpoint (its EMA when it kept one),
     traced with `example_inputs` (default: one example of the run's own dataset); `check` sees
     its model settings before anything is restored. With `finished` the run must have trained
-    all of its steps. `overrides` change module fields that do not affect the weights."""
+    all of its steps. `overrides` change module fields that do not affect the weights (a dtype
+    also stores the params in it, see `_stored`)."""
     run_config = checkpoint.read_config(run_dir)
     check(run_config.student, run_config)
     step = checkpoint.newest_step(run_dir)
@@ -81,10 +99,11 @@ def run(run_dir: str, place: Placement = on_one_device, example_inputs=None,
             f"the teacher at {run_dir} has trained {step} of its {run_config.total_steps} steps;"
             f" finish it (`jaxdistill train --workdir {run_dir} ...`) or set"
             " config.teacher.allow_unfinished=True to distil from it as it is")
-    module = _module(run_config.student, overrides or {})
+    overrides = overrides or {}
+    module = _module(run_config.student, overrides)
     if example_inputs is None:
         example_inputs = data.spec(run_config.data).example_inputs()
-    abstract, shardings = _placed(module, example_inputs, place)
+    abstract, shardings = _placed(module, example_inputs, place, overrides)
     params = checkpoint.load_params(run_dir, abstract, step=step,
                                     ema=run_config.get("ema_decay", 0.0) > 0)
     identity = {"checkpoint": os.path.abspath(run_dir), "step": step,
@@ -98,8 +117,9 @@ def planned(run_config: ml_collections.ConfigDict, place: Placement, example_inp
     """The model a run of `run_config` will train, as abstract params (shapes and shardings):
     what a command checks a student against before it trains that run as its teacher."""
     check(run_config.student, run_config)
-    module = _module(run_config.student, overrides or {})
-    abstract, shardings = _placed(module, example_inputs, place)
+    overrides = overrides or {}
+    module = _module(run_config.student, overrides)
+    abstract, shardings = _placed(module, example_inputs, place, overrides)
     return Loaded(module, run_config.student, abstract, shardings, run_config)
 
 
@@ -114,8 +134,10 @@ def pretrained(name: str, example_inputs, place: Placement = on_one_device,
     check(model_config, None)
     shardings = place(_abstract(models.build(model_config), example_inputs))
     by_path = flax.traverse_util.flatten_dict(shardings["params"])
+    dtype = overrides.get("dtype", "float32")
     loaded = models.from_pretrained(
-        name, put=lambda path, array: jax.device_put(array, by_path[path]), **overrides)
+        name, put=lambda path, array: jax.device_put(array.astype(dtype), by_path[path]),
+        **overrides)
     return Loaded(loaded.module, model_config, {"params": loaded.params}, shardings, None,
                   tokenizer=loaded.tokenizer)
 
@@ -124,7 +146,7 @@ def teacher(config: ml_collections.ConfigDict, example_inputs,
             place: Placement = on_one_device,
             check: ModelCheck = lambda model_config, run_config: None) -> Loaded:
     """The teacher a config names: `teacher.pretrained`, else the run at `teacher.checkpoint`."""
-    overrides = compute_settings(config.teacher)
+    overrides = compute_settings(config)
     if config.teacher.pretrained:
         return pretrained(config.teacher.pretrained, example_inputs, place, check, overrides)
     if not config.teacher.checkpoint:

@@ -216,7 +216,7 @@ def _load_teacher(config, mesh, dataset, teacher_to_train) -> loading.Loaded:
     teacher = (loading.teacher(config, dataset.example_inputs(), place, check)
                if teacher_to_train is None
                else loading.planned(teacher_to_train, place, dataset.example_inputs(), check,
-                                    loading.compute_settings(config.teacher)))
+                                    loading.compute_settings(config)))
     _check_tokenizer(config, teacher, dataset)
     return teacher
 
@@ -237,10 +237,30 @@ def _student_from_pretrained(config: ml_collections.ConfigDict) -> None:
     config.student = ml_collections.ConfigDict({**models.pretrained.model_config(source), **kept})
 
 
+PRECISIONS = ("float32", "bfloat16")
+
+
+def _apply_precision(config: ml_collections.ConfigDict) -> None:
+    """config.precision="bfloat16" sets the student's compute dtype (the teacher's is set where
+    it loads, `loading.compute_settings`)."""
+    if config.precision not in PRECISIONS:
+        raise DistillError(f"config.precision={config.precision!r} is not one of"
+                           f" {', '.join(PRECISIONS)}")
+    if config.precision == "float32":
+        return
+    model = models.MODELS.get(config.student.get("model"))
+    if model is None or "dtype" not in {field.name for field in dataclasses.fields(model)}:
+        raise DistillError(f"config.precision={config.precision} sets a model's compute dtype,"
+                           f" which the {config.student.get('model')!r} student does not have;"
+                           " use precision float32 (or a llama student)")
+    config.student.dtype = config.precision
+
+
 def _check_without_teacher(config: ml_collections.ConfigDict, devices):
     """The checks of `config` that need no teacher: settings, method, dataset, student, mesh."""
     config_lib.validate(config)
     _student_from_pretrained(config)
+    _apply_precision(config)
     method = methods.get(config.method)
     methods.with_settings(config)
     dataset = data.spec(config.data)

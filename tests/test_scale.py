@@ -58,3 +58,45 @@ def test_accumulation_is_checked_and_shrinks_the_activation_estimate(student_con
     assert reports[1]["activations"] == MICRO_BATCHES * reports[MICRO_BATCHES]["activations"] > 0
     assert "accumulated_gradients" not in reports[1]
     assert reports[MICRO_BATCHES]["accumulated_gradients"] == reports[1]["gradients"]
+
+
+def _loss_curve(run, steps: int) -> tuple[np.ndarray, object]:
+    config = run.config
+    batches = data.train_iterator(config.data, config.batch_size, config.seed)
+    state, losses = run.init(), []
+    for _ in range(steps):
+        state, metrics = run.train_step(state, run.shard_batch(next(batches)))
+        losses.append(float(metrics["loss"]))
+    return np.array(losses), state
+
+
+# bfloat16 keeps 8 significant bits (relative rounding 2^-9): the logits of a 1-layer student and
+# a 2-layer teacher carry a few such roundings, so a per-step loss within 2% of float32's is what
+# a correct policy gives; a float32-only statistic computed in bfloat16 would not stay within it.
+BF16_LOSS_TOLERANCE = 0.02
+
+
+def test_bfloat16_tracks_float32_and_stores_the_teacher_in_half_the_memory(student_config):
+    steps, curves, reports, states, runs = 30, {}, {}, {}, {}
+    for precision in ("float32", "bfloat16"):
+        runs[precision] = build(student_config(method="logit_kd", precision=precision,
+                                               total_steps=steps))
+        curves[precision], states[precision] = _loss_curve(runs[precision], steps)
+        reports[precision] = runs[precision].memory_report()
+    deviation = np.abs(curves["bfloat16"] / curves["float32"] - 1)
+    assert deviation.max() <= BF16_LOSS_TOLERANCE, deviation
+    assert curves["bfloat16"][-1] < curves["bfloat16"][0]  # it trains
+    bf16 = runs["bfloat16"]
+    assert bf16.student.dtype == bf16.teacher.dtype == "bfloat16"
+    assert {x.dtype for x in jax.tree.leaves(bf16.teacher_params)} == {jnp.dtype("bfloat16")}
+    assert {x.dtype for x in jax.tree.leaves((states["bfloat16"].params,
+                                              states["bfloat16"].opt_state))
+            if jnp.issubdtype(x.dtype, jnp.floating)} == {jnp.dtype("float32")}
+    assert 2 * reports["bfloat16"]["teacher_params"] == reports["float32"]["teacher_params"]
+    for key in ("student_params", "optimizer_state"):
+        assert reports["bfloat16"][key] == reports["float32"][key] > 0
+
+
+def test_bfloat16_needs_a_model_with_a_compute_dtype(smoke_config):
+    with pytest.raises(DistillError, match="'mlp' student does not have"):
+        build(smoke_config("hinton_teacher_digits", precision="bfloat16"))
