@@ -27,7 +27,7 @@ def llama(num_layers: int, width: int, heads: int, kv_heads: int, mlp_dim: int,
         "model": "llama", "vocab_size": vocab_size, "num_layers": num_layers, "width": width,
         "num_heads": heads, "num_kv_heads": kv_heads, "head_dim": None, "mlp_dim": mlp_dim,
         "max_length": 256, "rope_theta": 10000.0, "norm_eps": 1e-6, "tie_embeddings": True,
-        "dropout": 0.0, "dtype": "float32", "attention": "xla"})
+        "dropout": 0.0, "dtype": "float32", "attention": "xla", "remat": "none"})
 
 
 def get_config(arg=None):

@@ -100,3 +100,21 @@ def test_bfloat16_tracks_float32_and_stores_the_teacher_in_half_the_memory(stude
 def test_bfloat16_needs_a_model_with_a_compute_dtype(smoke_config):
     with pytest.raises(DistillError, match="'mlp' student does not have"):
         build(smoke_config("hinton_teacher_digits", precision="bfloat16"))
+
+
+def test_remat_policies_give_the_same_gradients_and_keep_less(student_config):
+    runs = {policy: build(student_config(method="logit_kd", **{"student.remat": policy}))
+            for policy in ("none", "full", "save_dots")}
+    batch = _uneven_batch(runs["none"], runs["none"].config)
+    state = runs["none"].init()
+    results = {policy: jax.jit(jax.value_and_grad(run.loss.loss_fn, has_aux=True))(
+        state.params, run.teacher_params, batch, jax.random.key(0), state.step,
+        state.method_state) for policy, run in runs.items()}
+    (value, _), grads = results["none"]
+    for policy in ("full", "save_dots"):
+        (other_value, _), other_grads = results[policy]
+        np.testing.assert_allclose(other_value, value, rtol=1e-6)
+        for ours, reference in zip(jax.tree.leaves(other_grads), jax.tree.leaves(grads)):
+            np.testing.assert_allclose(ours, reference, rtol=1e-5, atol=1e-8)
+    kept = {policy: run.memory_report(batch)["activations"] for policy, run in runs.items()}
+    assert kept["full"] < kept["save_dots"] < kept["none"], kept

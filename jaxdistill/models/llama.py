@@ -48,7 +48,11 @@ ACTIVATIONS = {"silu": nn.silu, "gelu_tanh": functools.partial(jax.nn.gelu, appr
 ATTENTIONS = ("xla", "flash")
 # Fields that say how the model computes, not what its weights are: a model loaded from a
 # checkpoint keeps the ones a config sets.
-COMPUTE_FIELDS = ("dtype", "dropout", "attention")
+COMPUTE_FIELDS = ("dtype", "dropout", "attention", "remat")
+# What a layer's backward pass keeps from its forward (`remat`): everything ("none"), only the
+# layer's inputs ("full": the rest is recomputed), or the matmul outputs ("save_dots").
+REMAT_POLICIES = {"none": None, "full": jax.checkpoint_policies.nothing_saveable,
+                  "save_dots": jax.checkpoint_policies.dots_with_no_batch_dims_saveable}
 
 
 def _normal(axes: tuple[str | None, ...]):
@@ -143,11 +147,11 @@ def sliding_window_mask(query_slots: Int[Array, "q"], num_keys: int,
 
 class Visibility(NamedTuple):
     """Which keys a query sees: the dense [B, Q, K] `mask` the "xla" attention reads, and what
-    it is made of for the flash kernel (causal within `segments`, 0 = padding, and `window`)."""
+    it is made of for the flash kernel (causal within `segments`, 0 = padding; a sliding
+    layer's window is the layer's own setting)."""
 
     mask: Bool[Array, "batch q k"]
     segments: Int[Array, "batch seq"]
-    window: int | None
 
 
 class RMSNorm(nn.Module):
@@ -198,6 +202,7 @@ class LayerSpec:
 
 class Attention(nn.Module):
     spec: LayerSpec
+    window: int | None = None  # a sliding layer's `sliding_window`
 
     @nn.compact
     def __call__(self, x, positions, visible: Visibility, inv_freq, *, train: bool,
@@ -242,7 +247,7 @@ class Attention(nn.Module):
         if spec.query_scale is not None:
             q = q * jnp.asarray(spec.query_scale * spec.head_dim ** 0.5, q.dtype)
         return kernels.flash_attention(q, k.astype(q.dtype), v.astype(q.dtype), causal=True,
-                                       segment_ids=visible.segments, window=visible.window)
+                                       segment_ids=visible.segments, window=self.window)
 
     def attend(self, q, k, v, mask, *, train: bool):
         """Query head h reads key/value head h // (heads / kv_heads), as HF's `repeat_kv`."""
@@ -283,12 +288,14 @@ class Layer(nn.Module):
     branch's output is normed again before it joins the residual (Gemma)."""
 
     spec: LayerSpec
+    window: int | None = None
 
     @nn.compact
-    def __call__(self, x, positions, visible: Visibility, inv_freq, *, train: bool,
+    def __call__(self, x, positions, visible: Visibility, inv_freq, train: bool,
                  cache_kv=None, index=0):
+        """`train` is positional: `nn.remat` takes it as a static argument (number 5)."""
         spec = self.spec
-        out, kv = Attention(spec, name="attention")(
+        out, kv = Attention(spec, self.window, name="attention")(
             spec.norm("attention_norm")(x), positions, visible, inv_freq, train=train,
             cache_kv=cache_kv, index=index)
         if spec.post_norms:
@@ -321,6 +328,8 @@ class Llama(nn.Module):
       `kernels.flash_attention` kernel, memory linear in the length, for training and scoring
       where it applies: not with `attn_softcap`, attention dropout or a KV cache, which take
       the "xla" path).
+    - `remat`: what each layer's backward keeps, "none", "full" or "save_dots" (see
+      `REMAT_POLICIES`): activation memory traded for recomputation, the same numbers.
     - `sliding_window`, `layer_types`: per layer "full_attention" or "sliding_attention" (a
       query sees the `sliding_window` newest slots, its own included); `layer_types=None`
       makes every layer sliding when `sliding_window` is set (Mistral), else full.
@@ -363,6 +372,7 @@ class Llama(nn.Module):
     rope_original_max_length: int | None = None
     rope_local_theta: float | None = None
     attention: str = "xla"
+    remat: str = "none"
 
     def __post_init__(self):
         # A config.json round trip turns the tuple into a list; the module must stay hashable
@@ -391,7 +401,11 @@ class Llama(nn.Module):
                          self.norm_eps, self.dropout, dtype, self.qkv_bias, self.output_bias,
                          self.qk_norm, self.norm_style, self.post_norms, self.mlp_activation,
                          self.query_scale, self.attn_softcap, self.attention)
-        self.layers = [Layer(spec, name=f"layer_{i}") for i in range(self.num_layers)]
+        layer = Layer if self.remat == "none" else nn.remat(
+            Layer, policy=REMAT_POLICIES[self.remat], static_argnums=(5,))
+        self.layers = [layer(spec, self.sliding_window if kind == SLIDING else None,
+                             name=f"layer_{i}")
+                       for i, kind in enumerate(self.resolved_layer_types)]
         self.final_norm = spec.norm("final_norm")
         if not self.tie_embeddings:
             # Stored [V, d] like HF's lm_head.weight; `head_matrix` gives the [d, V] view.
@@ -412,7 +426,8 @@ class Llama(nn.Module):
         for field, value, allowed in (("rope_type", self.rope_type, ROPE_TYPES),
                                       ("norm_style", self.norm_style, NORM_STYLES),
                                       ("mlp_activation", self.mlp_activation, tuple(ACTIVATIONS)),
-                                      ("attention", self.attention, ATTENTIONS)):
+                                      ("attention", self.attention, ATTENTIONS),
+                                      ("remat", self.remat, tuple(REMAT_POLICIES))):
             if value not in allowed:
                 raise DistillError(f"{field}={value!r} is not one of {', '.join(allowed)};"
                                    " choose one of those")
@@ -456,11 +471,11 @@ class Llama(nn.Module):
                                                      length, axis=1)
         query_slots = index + jnp.arange(length)
         mask = causal_segment_mask(segments, key_segments, query_slots)
-        visibility = {FULL: Visibility(mask, segments, None)}
+        visibility = {FULL: Visibility(mask, segments)}
         if self.sliding_window:
             visibility[SLIDING] = Visibility(
                 mask & sliding_window_mask(query_slots, key_segments.shape[1],
-                                           self.sliding_window), segments, self.sliding_window)
+                                           self.sliding_window), segments)
         frequencies = self._rope_frequencies()
         x = self.embed(input_ids)
         if self.scale_embeddings:
@@ -469,8 +484,8 @@ class Llama(nn.Module):
         keys, values = [], []
         for i, (layer, kind) in enumerate(zip(self.layers, self.resolved_layer_types)):
             cache_kv = None if cache is None else (cache.keys[i], cache.values[i])
-            x, (k, v) = layer(x, positions, visibility[kind], frequencies[kind], train=train,
-                              cache_kv=cache_kv, index=index)
+            x, (k, v) = layer(x, positions, visibility[kind], frequencies[kind], train,
+                              cache_kv, index)
             keys.append(k)
             values.append(v)
         hidden = self.final_norm(x)
