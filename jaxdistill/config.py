@@ -73,10 +73,11 @@ def base() -> ml_collections.ConfigDict:
     # and MiniLM students, depth-pruned LMs), e.g. (0, 2, 5); empty initialises the student from
     # scratch. from_teacher starts the student as a copy of the whole teacher (consistency
     # distillation, DMD2: same architecture). pretrained: a Hugging Face directory (or known
-    # name) whose model and weights the student starts from (config.student keeps only its
-    # dtype and dropout).
+    # name) whose model and weights the student starts from; checkpoint: an earlier run's
+    # workdir whose student (its newest checkpoint) it starts from, e.g. SFT before distilling
+    # (with either, config.student keeps only its compute settings: dtype, dropout, ...).
     c.student_init = ml_collections.ConfigDict({"teacher_layers": (), "from_teacher": False,
-                                                "pretrained": ""})
+                                                "pretrained": "", "checkpoint": ""})
     # The method's own settings (loss weights, temperatures, schedules) are declared by the
     # method and added by `methods.with_settings`; this section starts empty.
     c.loss = ml_collections.ConfigDict()

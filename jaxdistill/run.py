@@ -20,8 +20,8 @@ import jax
 import ml_collections
 import optax
 
-from jaxdistill import config as config_lib
 from jaxdistill import (
+    checkpoint,
     data,
     evaluate,
     loading,
@@ -32,6 +32,7 @@ from jaxdistill import (
     sharding,
     student_init,
 )
+from jaxdistill import config as config_lib
 from jaxdistill import state as state_lib
 from jaxdistill import step as step_lib
 from jaxdistill.data import text_tokenizers
@@ -221,20 +222,22 @@ def _load_teacher(config, mesh, dataset, teacher_to_train) -> loading.Loaded:
     return teacher
 
 
-def _student_from_pretrained(config: ml_collections.ConfigDict) -> None:
-    """With config.student_init.pretrained, the student is that model: config.student takes its
-    settings, keeping only the compute settings (dtype, dropout, attention) config.student
-    gives."""
-    source = config.student_init.pretrained
-    if not source:
+def _student_from_a_model(config: ml_collections.ConfigDict) -> None:
+    """With config.student_init.pretrained (a Hugging Face model) or .checkpoint (an earlier
+    run, e.g. SFT before distilling), the student is that model: config.student takes its
+    settings, keeping only the compute settings (dtype, dropout, attention, remat) it gives."""
+    init = config.student_init
+    sources = [key for key in ("pretrained", "checkpoint", "teacher_layers", "from_teacher")
+               if init.get(key)]
+    if not set(sources) & {"pretrained", "checkpoint"}:
         return
-    if config.student_init.teacher_layers or config.student_init.from_teacher:
-        raise DistillError("config.student_init.pretrained starts the student from a Hugging Face"
-                           " model, which teacher_layers and from_teacher would overwrite; set"
-                           " only one of them")
-    kept = {key: config.student[key] for key in COMPUTE_FIELDS
-            if key in config.student}
-    config.student = ml_collections.ConfigDict({**models.pretrained.model_config(source), **kept})
+    if len(sources) > 1:
+        raise DistillError(f"config.student_init sets {' and '.join(sources)}, which would"
+                           " overwrite each other's weights; set only one of them")
+    model_config = (models.pretrained.model_config(init.pretrained) if init.pretrained
+                    else checkpoint.read_config(init.checkpoint).student.to_dict())
+    kept = {key: config.student[key] for key in COMPUTE_FIELDS if key in config.student}
+    config.student = ml_collections.ConfigDict({**model_config, **kept})
 
 
 PRECISIONS = ("float32", "bfloat16")
@@ -259,7 +262,7 @@ def _apply_precision(config: ml_collections.ConfigDict) -> None:
 def _check_without_teacher(config: ml_collections.ConfigDict, devices):
     """The checks of `config` that need no teacher: settings, method, dataset, student, mesh."""
     config_lib.validate(config)
-    _student_from_pretrained(config)
+    _student_from_a_model(config)
     _apply_precision(config)
     method = methods.get(config.method)
     methods.with_settings(config)
@@ -315,12 +318,16 @@ def build(config: ml_collections.ConfigDict, *,
                                                "student")
 
     def initial_params():
-        """config.student_init.pretrained's weights, placed straight into the student layout."""
-        if not config.student_init.pretrained:
-            return None
-        return loading.pretrained(config.student_init.pretrained, example_inputs, lambda boxed:
-                                  sharding.param_shardings(boxed, mesh, config.sharding.student,
-                                                           "student")).params
+        """config.student_init's pretrained model's or earlier run's weights, placed straight
+        into the student layout."""
+        def place(boxed):
+            return sharding.param_shardings(boxed, mesh, config.sharding.student, "student")
+
+        if config.student_init.pretrained:
+            return loading.pretrained(config.student_init.pretrained, example_inputs, place).params
+        if config.student_init.checkpoint:
+            return loading.run(config.student_init.checkpoint, place, example_inputs).params
+        return None
     batch_sharding = sharding.batch_sharding(mesh)
     replicated = sharding.replicated(mesh)
 

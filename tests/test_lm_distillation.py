@@ -9,7 +9,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from jaxdistill import cache_teacher, cli, data, generate, methods, train
+from jaxdistill import cache_teacher, cli, data, generate, loading, methods, train
 from jaxdistill.errors import DistillError
 from jaxdistill.methods import adaspec, lm, taid
 from jaxdistill.run import build
@@ -266,3 +266,21 @@ def test_padded_embedding_rows_never_reach_a_loss_or_a_sample(student_config, me
     logits = run.student.apply(run.init().params, batch["input_ids"] if "input_ids" in batch
                                else batch["prompt"], train=False)
     assert logits.shape[-1] == vocab
+
+
+def test_a_student_can_start_from_an_earlier_run(student_config, lm_teacher_dir):
+    """SFT first, then distil: student_init.checkpoint takes an earlier run's model and weights
+    (here the teacher's own run, so the student starts with a zero divergence to it)."""
+    config = student_config(method="logit_kd", **{"student_init.checkpoint": lm_teacher_dir})
+    run = build(config)
+    earlier = loading.run(lm_teacher_dir)
+    assert config.student.num_layers == earlier.model_config.num_layers != student_config(
+        ).student.num_layers
+    for ours, theirs in zip(jax.tree.leaves(run.init().params),
+                            jax.tree.leaves(earlier.params["params"])):
+        np.testing.assert_array_equal(ours, theirs)
+    assert abs(_first_loss_of(run)) < 1e-5
+    config = student_config(**{"student_init.checkpoint": lm_teacher_dir,
+                               "student_init.from_teacher": True})
+    with pytest.raises(DistillError, match="sets checkpoint and from_teacher.*only one of them"):
+        build(config)

@@ -7,9 +7,10 @@ import re
 import sys
 import textwrap
 
+import ml_collections
 import pytest
 
-from jaxdistill import cli, methods
+from jaxdistill import cli, methods, models
 from jaxdistill.errors import DistillError
 
 # A complete method in a user's own file: its own setting, its own check, its own state.
@@ -130,3 +131,41 @@ def test_a_method_on_data_of_another_task_is_refused(smoke_config):
     with pytest.raises(DistillError, match="method 'sft' trains on lm data but config.data names"
                                            " a classification dataset"):
         build(smoke_config("hinton_teacher_digits", method="sft"))
+
+
+USER_MODEL = '''
+import flax.linen as nn
+
+
+class ResidualMLP(nn.Module):
+    """A user's classifier: one hidden layer with a skip, unannotated params (replicated)."""
+
+    num_classes: int
+    hidden: tuple = (32,)
+    dropout: float = 0.0
+    input_dropout: float = 0.0
+
+    @nn.compact
+    def __call__(self, images, *, train: bool):
+        x = images.reshape(images.shape[0], -1)
+        h = nn.relu(nn.Dense(self.hidden[0])(x))
+        return nn.Dense(self.num_classes)(h + nn.Dense(self.hidden[0])(x))
+'''
+
+
+def test_a_model_of_your_own_file_trains_and_resumes(tmp_path, data_dir):
+    model_file = tmp_path / "my_models.py"
+    model_file.write_text(USER_MODEL)
+    flags = ["train", "--config", "hinton_teacher_digits:smoke", "--workdir",
+             str(tmp_path / "run"), f"--config.data.data_dir={data_dir}",
+             "--config.checkpoint.async_save=False",
+             f"--config.student.model={model_file}:ResidualMLP"]
+    cli.main(flags + ["--config.total_steps=6"])
+    cli.main(flags + ["--config.total_steps=12"])  # resumes: the model is rebuilt from its file
+    lines = [json.loads(line) for line in open(tmp_path / "run" / "metrics.jsonl")]
+    assert max(line["step"] for line in lines) == 12
+    for name, message in ((f"{model_file}:Missing", "has no Flax module 'Missing'"),
+                          (f"{tmp_path}/absent.py:X", "model file .*absent.py does not exist"),
+                          ("no_such_package:X", "cannot import model module 'no_such_package'")):
+        with pytest.raises(DistillError, match=message):
+            models.build(ml_collections.ConfigDict({"model": name, "num_classes": 10}))

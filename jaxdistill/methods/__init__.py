@@ -29,19 +29,15 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import hashlib
 import importlib
-import importlib.util
-import os
 import pkgutil
-import sys
 from typing import Any, Callable, Mapping, NamedTuple, Sequence
 
 import flax.linen as nn
 import ml_collections
 
 from jaxdistill import config as config_lib
-from jaxdistill import data
+from jaxdistill import data, user_code
 from jaxdistill.data import DatasetSpec
 from jaxdistill.errors import DistillError
 
@@ -159,28 +155,6 @@ def _load_builtins() -> None:
         importlib.import_module(f"{__name__}.{module.name}")
 
 
-@functools.cache
-def _load_user_module(source: str) -> None:
-    """Imports a method module named by a file path or a module path (registering its methods)."""
-    if not source.endswith(".py"):
-        try:
-            importlib.import_module(source)
-        except ModuleNotFoundError as e:
-            raise DistillError(f"cannot import method module {source!r} ({e}); name a file as"
-                               " path/to/file.py:NAME or an importable module as module:NAME"
-                               ) from None
-        return
-    if not os.path.isfile(source):
-        raise DistillError(f"method file {source} does not exist; config.method takes"
-                           " path/to/file.py:NAME")
-    path = os.path.abspath(source)
-    module_name = "jaxdistill_user_method_" + hashlib.sha1(path.encode()).hexdigest()[:12]
-    spec = importlib.util.spec_from_file_location(module_name, path)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[module_name] = module
-    spec.loader.exec_module(module)
-
-
 def names() -> list[str]:
     _load_builtins()
     return sorted(_REGISTRY)
@@ -188,10 +162,10 @@ def names() -> list[str]:
 
 def get(name: str) -> Method:
     _load_builtins()
-    source, colon, registered = name.rpartition(":")
-    if colon:
-        _load_user_module(source)
-        name = registered
+    external = user_code.split(name)
+    if external:
+        user_code.load(external[0], "method")
+        name = external[1]
     if name not in _REGISTRY:
         raise DistillError(f"unknown method {name!r}; registered methods: {', '.join(names())}")
     return _REGISTRY[name]

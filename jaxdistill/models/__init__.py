@@ -2,6 +2,12 @@
 
 Every module is called as `module.apply(params, inputs, train=bool, rngs=...)` and annotates its
 parameters with logical axis names, which `jaxdistill.sharding` maps onto the mesh.
+
+A model of your own is a Flax module in your file, named as `path/to/file.py:ClassName` (or
+`package.module:ClassName`) in `model`; the config's other fields are its attributes. It takes
+the dataset's inputs (`DatasetSpec.inputs`, in order) and `train`, and returns what the task's
+methods read (a classifier: logits [B, classes]); parameters without logical axis annotations
+(`nn.with_logical_partitioning`) are replicated.
 """
 
 from __future__ import annotations
@@ -11,6 +17,7 @@ from typing import Callable
 import flax.linen as nn
 import ml_collections
 
+from jaxdistill import user_code
 from jaxdistill.errors import DistillError
 from jaxdistill.models import pretrained
 from jaxdistill.models.bert import Bert
@@ -30,9 +37,20 @@ def build(model_config: ml_collections.ConfigDict) -> nn.Module:
     """Builds the module named by `model_config.model` from the rest of the config's fields."""
     kwargs = model_config.to_dict()
     name = kwargs.pop("model")
-    if name not in MODELS:
-        raise DistillError(f"unknown model {name!r}; choose one of {', '.join(sorted(MODELS))}")
+    model = _user_model(name) if user_code.split(name) else MODELS.get(name)
+    if model is None:
+        raise DistillError(f"unknown model {name!r}; choose one of {', '.join(sorted(MODELS))}"
+                           " or name your own as path/to/file.py:ClassName")
     try:
-        return MODELS[name](**kwargs)
+        return model(**kwargs)
     except TypeError as e:
         raise DistillError(f"bad fields for model {name!r}: {e}") from None
+
+
+def _user_model(name: str) -> Callable[..., nn.Module]:
+    source, attribute = user_code.split(name)
+    model = getattr(user_code.load(source, "model"), attribute, None)
+    if not (isinstance(model, type) and issubclass(model, nn.Module)):
+        raise DistillError(f"{source} has no Flax module {attribute!r} (model {name!r}); name a"
+                           " flax.linen.Module class defined there")
+    return model
