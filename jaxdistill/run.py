@@ -140,7 +140,7 @@ def _check_splits(config, dataset: data.DatasetSpec) -> None:
     for key, split in named:
         if split.split("[")[0] not in dataset.split_sizes:
             raise DistillError(
-                f"config.{key} names split {split!r}, which dataset {config.data.name!r} lacks;"
+                f"config.{key} names split {split!r}, which dataset {dataset.name!r} lacks;"
                 f" its splits are {', '.join(sorted(dataset.split_sizes))}")
 
 
@@ -199,7 +199,7 @@ def _check_tokenizer(config, teacher: loading.Loaded, dataset: data.DatasetSpec)
                                        names=("in the data", "for the teacher"))
     if found is not None:
         raise DistillError(
-            f"the data's tokenizer ({config.data.name}, {config.data.tokenizer}) is not the"
+            f"the data's tokenizer ({dataset.name}, {config.data.tokenizer}) is not the"
             f" teacher's: {found};"
             " tokenize the data with the teacher's tokenizer (config.data.tokenizer, and the"
             " teacher's config.data.name for a trained bpe tokenizer)")

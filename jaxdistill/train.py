@@ -203,6 +203,9 @@ def _batches_within_memory(run: Run, start: int):
     batches = (run.shard_batch(local) for local in data.train_iterator(
         config.data, config.batch_size, config.seed, start_batch=start))
     first_batch = next(batches)
+    examples = data.summary(config.data)  # what became of data files' examples; "" for TFDS
+    if examples and jax.process_index() == 0:
+        print(examples, flush=True)
     report = run.memory_report(first_batch)
     _print_memory(report)
     run.check_memory(report)

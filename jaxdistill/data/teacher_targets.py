@@ -14,6 +14,7 @@ import os
 import ml_collections
 import numpy as np
 
+from jaxdistill.data import files
 from jaxdistill.errors import DistillError
 
 # What the cached rows depend on: another value makes other rows, which the targets do not match.
@@ -23,7 +24,13 @@ FIELDS = ("top_log_probs", "top_indices")
 
 
 def data_fingerprint(data_config: ml_collections.ConfigDict) -> dict:
-    return {key: data_config.get(key) for key in DATA_KEYS}
+    """The settings the rows depend on; for data from files, their settings instead of the
+    dataset's name (a TFDS dataset's fingerprint is as before files were read)."""
+    found = {key: data_config.get(key) for key in DATA_KEYS}
+    if files.used(data_config):
+        found.update(files.settings(data_config), name="",
+                     too_long=data_config.get("too_long", "truncate"))
+    return found
 
 
 def read_metadata(directory: str) -> dict:
