@@ -86,3 +86,39 @@ def hf_with_config(tmp_path):
         return str(target)
 
     return copy
+
+
+@pytest.fixture(scope="session")
+def byte_level_bpe():
+    """byte_level_bpe(texts, specials, vocab_size): a byte-level BPE `tokenizers.Tokenizer`
+    trained on `texts` with those special tokens first, as Llama 3 / Qwen / Gemma ship theirs."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+
+    def train(texts: list[str], specials: list[str], vocab_size: int) -> Tokenizer:
+        tokenizer = Tokenizer(models.BPE())
+        tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+        tokenizer.decoder = decoders.ByteLevel()
+        tokenizer.train_from_iterator(texts, trainers.BpeTrainer(
+            vocab_size=vocab_size, special_tokens=specials, show_progress=False,
+            initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
+        return tokenizer
+
+    return train
+
+
+@pytest.fixture(scope="session")
+def randomized():
+    """randomized(model): a transformers model with every parameter drawn (matrices N(0, 0.2²),
+    vectors U(0.5, 1.5): norms and biases too), so that a mis-mapped tensor shows in outputs."""
+    import torch
+
+    def draw(model):
+        with torch.no_grad():
+            for parameter in model.parameters():
+                if parameter.ndim > 1:
+                    parameter.normal_(0.0, 0.2)
+                else:
+                    parameter.uniform_(0.5, 1.5)
+        return model.eval()
+
+    return draw

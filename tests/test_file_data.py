@@ -9,7 +9,6 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import PreTrainedTokenizerFast
 
 from jaxdistill import cli, data, run
@@ -52,15 +51,9 @@ def _pairs(n: int = 24) -> list[dict]:
 
 
 @pytest.fixture(scope="module")
-def chat_tokenizer(tmp_path_factory) -> str:
+def chat_tokenizer(tmp_path_factory, byte_level_bpe) -> str:
     """A ChatML tokenizer directory: a 300-token byte-level BPE with <|im_end|> as eos."""
-    specials = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
-    bpe = Tokenizer(models.BPE())
-    bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    bpe.decoder = decoders.ByteLevel()
-    bpe.train_from_iterator(SENTENCES, trainers.BpeTrainer(
-        vocab_size=300, special_tokens=specials, show_progress=False,
-        initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
+    bpe = byte_level_bpe(SENTENCES, ["<|endoftext|>", "<|im_start|>", "<|im_end|>"], 300)
     directory = tmp_path_factory.mktemp("chatml")
     PreTrainedTokenizerFast(tokenizer_object=bpe, eos_token="<|im_end|>",
                             pad_token="<|endoftext|>", chat_template=CHATML

@@ -57,28 +57,22 @@ PROMPTS = np.array([[5, 6, 7, 8, 9, 10], [0, 0, 0, 0, 11, 12], [0, 0, 13, 14, 15
 NEW = 8
 
 
-def _hf_model(family: str) -> transformers.PreTrainedModel:
+def _hf_model(family: str, randomized) -> transformers.PreTrainedModel:
     """A random float32 HF model; every parameter, norms and biases included, is drawn so that a
     mis-mapped tensor shows in the logits."""
     config_class, settings = FAMILIES[family]
     torch.manual_seed(0)
     config = config_class(**TINY, **settings)
-    model = transformers.AutoModelForCausalLM.from_config(config, attn_implementation="eager")
-    with torch.no_grad():
-        for parameter in model.parameters():
-            if parameter.ndim > 1:
-                parameter.normal_(0.0, 0.2)
-            else:
-                parameter.uniform_(0.5, 1.5)
-    return model.eval()
+    return randomized(
+        transformers.AutoModelForCausalLM.from_config(config, attn_implementation="eager"))
 
 
 @pytest.fixture(scope="module")
-def saved(tmp_path_factory):
+def saved(tmp_path_factory, randomized):
     """family -> (its HF model, the directory it was saved to as one float32 file)."""
     out = {}
     for family in FAMILIES:
-        model = _hf_model(family)
+        model = _hf_model(family, randomized)
         path = str(tmp_path_factory.mktemp(family))
         model.save_pretrained(path, safe_serialization=True)
         out[family] = model, path

@@ -21,7 +21,7 @@ TINY = dict(vocab_size=128, num_layers=2, width=64, num_heads=4, num_kv_heads=2,
             max_length=64)
 
 
-def _save_hf_llama(path, tied: bool, **save_kwargs) -> str:
+def _save_hf_llama(path, randomized, tied: bool, **save_kwargs) -> str:
     """A randomly initialised LlamaForCausalLM saved as safetensors; norms get random scales
     too, so that a mis-mapped norm would show in the logits."""
     import torch
@@ -32,13 +32,7 @@ def _save_hf_llama(path, tied: bool, **save_kwargs) -> str:
         vocab_size=128, hidden_size=64, intermediate_size=96, num_hidden_layers=2,
         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64,
         rope_theta=500.0, rms_norm_eps=1e-5, tie_word_embeddings=tied)
-    model = transformers.LlamaForCausalLM(config).eval()
-    with torch.no_grad():
-        for parameter in model.parameters():
-            if parameter.ndim > 1:
-                parameter.normal_(0.0, 0.2)
-            else:
-                parameter.uniform_(0.5, 1.5)
+    model = randomized(transformers.LlamaForCausalLM(config))
     model.save_pretrained(path, safe_serialization=True, **save_kwargs)
     return str(path)
 
@@ -53,8 +47,8 @@ def _hf_logits(path: str, ids: np.ndarray) -> np.ndarray:
 
 
 @pytest.fixture(scope="module")
-def hf_tied(tmp_path_factory):
-    return _save_hf_llama(tmp_path_factory.mktemp("tied"), tied=True)
+def hf_tied(tmp_path_factory, randomized):
+    return _save_hf_llama(tmp_path_factory.mktemp("tied"), randomized, tied=True)
 
 
 def _init(model: Llama, seed: int = 0):
@@ -79,9 +73,9 @@ def _ids(shape, seed=0, vocab=128):
 
 
 @pytest.mark.parametrize("layout", ["tied", "untied", "untied_sharded_files"])
-def test_logits_match_transformers(tmp_path, hf_tied, layout):
+def test_logits_match_transformers(tmp_path, hf_tied, randomized, layout):
     path = hf_tied if layout == "tied" else _save_hf_llama(
-        tmp_path, tied=False,
+        tmp_path, randomized, tied=False,
         **({"max_shard_size": "100KB"} if layout == "untied_sharded_files" else {}))
     if layout == "untied_sharded_files":
         assert os.path.exists(os.path.join(path, "model.safetensors.index.json"))

@@ -9,7 +9,7 @@ import json
 
 import numpy as np
 import pytest
-from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
+from tokenizers import Tokenizer, models, processors
 from transformers import PreTrainedTokenizerFast
 
 from jaxdistill import config as config_lib
@@ -154,16 +154,6 @@ CONVERSATION = [
 ]
 
 
-def _byte_level_bpe(specials: list[str]) -> Tokenizer:
-    tokenizer = Tokenizer(models.BPE())
-    tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tokenizer.decoder = decoders.ByteLevel()
-    tokenizer.train_from_iterator(SENTENCES, trainers.BpeTrainer(
-        vocab_size=400, special_tokens=specials, show_progress=False,
-        initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
-    return tokenizer
-
-
 def _adding_bos(tokenizer: Tokenizer, bos: str) -> Tokenizer:
     """The post-processor of Llama 3 and Gemma: every encoding starts with `bos`."""
     tokenizer.post_processor = processors.TemplateProcessing(
@@ -177,7 +167,10 @@ def _write_json(path, value) -> None:
 
 
 @pytest.fixture(scope="module")
-def directories(tmp_path_factory) -> dict:
+def directories(tmp_path_factory, byte_level_bpe) -> dict:
+    def _byte_level_bpe(specials: list[str]) -> Tokenizer:
+        return byte_level_bpe(SENTENCES, specials, 400)
+
     """Each family's tokenizer directory: Llama 3 as save_pretrained writes it, Qwen2.5 and
     Gemma 3 as their hub repositories hold them (the chat template in tokenizer_config.json;
     Gemma's special tokens in special_tokens_map.json)."""
