@@ -2,6 +2,8 @@
 student from Hugging Face directories sharing a tokenizer, distilled on data tokenized with it,
 exported, loaded by transformers and generating as jaxdistill does."""
 
+import json
+
 import jax
 import ml_collections
 import numpy as np
@@ -120,3 +122,36 @@ def test_an_lm_student_can_be_the_teachers_layers(hf_models, data_dir):
     student = run.init().params["params"]
     np.testing.assert_array_equal(student["layer_0"]["mlp"]["up"]["kernel"],
                                   run.teacher_params["params"]["layer_1"]["mlp"]["up"]["kernel"])
+
+
+# The methods that read the data differently: packed rows (logit_kd; sft, taid and adaspec read
+# them the same way and train from the CLI in test_lm_distillation), sampled continuations of the
+# file's prompts, and offline teacher targets of the file's rows.
+LLM_DISTILL_ROWS = [
+    ("logit_kd", "packed", ["--config.loss.fused=True"]), ("seqkd", "prompts", []),
+    ("gkd", "prompts", []), ("distillspec", "prompts", ["--config.loss.divergence=tvd"]),
+    ("cached_kd", "packed", []),
+]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("method, row_format, flags", LLM_DISTILL_ROWS)
+def test_llm_distill_trains_every_lm_method_on_a_jsonl_file(hf_models, tmp_path, method,
+                                                            row_format, flags):
+    """configs/llm_distill.py as its docstring says: HF teacher and student, a data file."""
+    teacher, student = hf_models
+    pairs = tmp_path / "pairs.jsonl"
+    pairs.write_text("".join(json.dumps({"prompt": text[:20], "completion": text[20:]}) + "\n"
+                             for text in TEXTS))
+    common = ["--config=configs/llm_distill.py:smoke", f"--config.method={method}",
+              f"--config.teacher.pretrained={teacher}", f"--config.data.tokenizer={teacher}",
+              f"--config.data.files={pairs}", f"--config.data.format={row_format}",
+              "--config.data.validation_fraction=0.2", f"--config.data.data_dir={tmp_path}"]
+    if method == "cached_kd":
+        cli.main(["cache-teacher", *common, f"--out={tmp_path / 'cache'}", "--top_k=4"])
+        flags = [f"--config.data.teacher_cache={tmp_path / 'cache'}"]
+    cli.main(["train", f"--workdir={tmp_path / 'run'}", "--no_progress", *common,
+              f"--config.student_init.pretrained={student}", *flags])
+    lines = [json.loads(line) for line in open(tmp_path / "run" / "metrics.jsonl")]
+    assert all(np.isfinite(line["loss"]) for line in lines)
+    assert [line for line in lines if line.get("split") == "validation"]

@@ -28,7 +28,8 @@ def _builder(name: str, data_dir: str | None) -> tfds.core.DatasetBuilder:
     if not name or os.path.exists(name):
         raise DistillError(
             f"config.data.name={name!r} must name a TFDS dataset ({' or '.join(map(repr, BUNDLED))}"
-            " offline, or one such as 'mnist' prepared under config.data.data_dir)")
+            " offline, or one such as 'mnist' prepared under config.data.data_dir), or set"
+            " config.data.files to your data files")
     try:
         found = tfds.builder(name, data_dir=data_dir)
     except tfds.core.registered.DatasetNotFoundError:
