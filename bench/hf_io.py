@@ -46,6 +46,7 @@ import threading
 import time
 
 import numpy as np
+from proc_memory import reset_peak, vm
 
 GiB = 2**30
 PHASES = ("jaxdistill_import", "transformers_import", "jaxdistill_export", "transformers_export")
@@ -202,27 +203,9 @@ def check_export(source: str, exported: str) -> str:
 
 # ------------------------------------------------------------------------- the children
 
-def _vm(field: str) -> int:
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith(field + ":"):
-                return int(line.split()[1]) * 1024
-    raise KeyError(field)
-
 
 def _maxrss() -> int:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # KiB on Linux
-
-
-def _reset_peak() -> bool:
-    """Resets this process's peak RSS (VmHWM, which ru_maxrss reads too) to its current RSS;
-    False where not allowed."""
-    try:
-        with open("/proc/self/clear_refs", "w") as f:
-            f.write("5")
-        return True
-    except OSError:
-        return False
 
 
 @contextlib.contextmanager
@@ -230,15 +213,15 @@ def measured(result: dict, interval: float = 0.02):
     """Times the block and records its peak RSS (VmHWM, reset at the start; the peak so far is
     kept first) and, sampled every `interval` s by a thread, its peak anonymous and file-backed
     RSS (RssAnon, RssFile): file-backed pages are those of memory-mapped files."""
-    result["peak_before"], result["ru_maxrss_before"] = _vm("VmHWM"), _maxrss()
-    result["reset_peak"] = _reset_peak()
-    result["rss_before"] = _vm("VmRSS")
+    result["peak_before"], result["ru_maxrss_before"] = vm("VmHWM"), _maxrss()
+    result["reset_peak"] = reset_peak()
+    result["rss_before"] = vm("VmRSS")
     peaks, done = {"RssAnon": 0, "RssFile": 0}, threading.Event()
 
     def sample():
         while True:
             for field in peaks:
-                peaks[field] = max(peaks[field], _vm(field))
+                peaks[field] = max(peaks[field], vm(field))
             if done.wait(interval):
                 return
 
@@ -249,7 +232,7 @@ def measured(result: dict, interval: float = 0.02):
     result["seconds"] = time.perf_counter() - t0
     done.set()
     sampler.join()
-    result["peak_operation"] = _vm("VmHWM") if result["reset_peak"] else None
+    result["peak_operation"] = vm("VmHWM") if result["reset_peak"] else None
     result["peak_anon"], result["peak_file"] = peaks["RssAnon"], peaks["RssFile"]
 
 
@@ -264,7 +247,7 @@ def child(phase: str, checkpoint: str, export_dir: str) -> None:
     else:
         import torch
         import transformers
-    result = {"import_s": time.perf_counter() - start, "rss_after_imports": _vm("VmRSS")}
+    result = {"import_s": time.perf_counter() - start, "rss_after_imports": vm("VmRSS")}
 
     def load():
         if phase.startswith("jaxdistill"):
@@ -303,7 +286,7 @@ def child(phase: str, checkpoint: str, export_dir: str) -> None:
                 loaded.save_pretrained(export_dir)
     # clear_refs resets the peak: the process's is the larger of the two readings. VmHWM is
     # this process's own; ru_maxrss also keeps the launching process's peak across execve.
-    result["peak_process"] = max(_vm("VmHWM"), result["peak_before"])
+    result["peak_process"] = max(vm("VmHWM"), result["peak_before"])
     result["ru_maxrss"] = max(_maxrss(), result["ru_maxrss_before"])
     print(json.dumps(result), flush=True)
 
@@ -456,7 +439,7 @@ def main() -> None:
         " safetensors count in RSS.",
         f"- params in memory after each import (count, dtypes): {loaded}",
         "- getrusage(RUSAGE_SELF).ru_maxrss of each child, GiB (it also holds the launching"
-        f" script's peak, {_gib(_vm('VmHWM'))} GiB, inherited across execve): " + ", ".join(
+        f" script's peak, {_gib(vm('VmHWM'))} GiB, inherited across execve): " + ", ".join(
             f"{p} {_gib(r['ru_maxrss'])}" for p, r in results.items() if "failed" not in r),
         *(f"- check of the {p.split('_')[0]} export against the input: {c}"
           for p, c in checks.items()),

@@ -65,6 +65,7 @@ import threading
 import time
 
 import numpy as np
+from proc_memory import reset_peak, vm
 
 MiB = 2**20
 IMPLEMENTATIONS = ("jax_unfused", "jax_fused", "torch_eager", "torch_compile")
@@ -179,33 +180,16 @@ def prepare(args, vocab: int, workdir: str) -> dict:
 
 # ---------------------------------------------------------------------------- measuring
 
-def _vm(field: str) -> int:
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith(field + ":"):
-                return int(line.split()[1]) * 1024
-    raise KeyError(field)
-
-
-def _reset_peak() -> bool:
-    """Resets VmHWM to the current RSS; False where not allowed."""
-    try:
-        with open("/proc/self/clear_refs", "w") as f:
-            f.write("5")
-        return True
-    except OSError:
-        return False
-
 
 def timed_steps(step, steps: int) -> dict:
     """Times `steps` calls of `step(i)` (each must finish its work) and the RSS they add."""
-    rss_before = _vm("VmRSS")
-    reset = _reset_peak()
+    rss_before = vm("VmRSS")
+    reset = reset_peak()
     sampled, done = [rss_before], threading.Event()
     if not reset:  # no clear_refs: sample VmRSS instead (misses peaks shorter than 5 ms)
         def sample():
             while not done.wait(0.005):
-                sampled.append(_vm("VmRSS"))
+                sampled.append(vm("VmRSS"))
         sampler = threading.Thread(target=sample, daemon=True)
         sampler.start()
     times = []
@@ -214,7 +198,7 @@ def timed_steps(step, steps: int) -> dict:
         step(i)
         times.append(time.perf_counter() - start)
     done.set()
-    peak = _vm("VmHWM") if reset else max(sampled)
+    peak = vm("VmHWM") if reset else max(sampled)
     return {"seconds": statistics.median(times), "times": times, "rss_before": rss_before,
             "rss_growth": max(peak - rss_before, 0), "peak_from": "VmHWM" if reset else
             "sampled VmRSS"}
